@@ -1,0 +1,377 @@
+"""The paper's custom layers: local response normalisation (§3.3) and PCA colour
+augmentation (§4.1), plus the small wrappers the two-tower model is built from.
+
+All layers here run on the TensorFlow backend (they call `tf.*` ops directly) and are
+registered with Keras under the package name ``keras_alexnet`` so that `.keras` files
+that contain them load with `keras.models.load_model` once this package is imported.
+"""
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+# ImageNet RGB PCA from fb.resnet.torch, on pixels scaled to [0, 1] (REFERENCE.md, "Data").
+# Eigenvectors are the columns. Multiplied by 255 these are the Caffe-era values
+# [55.46, 4.794, 1.148] used on [0, 255] pixels.
+IMAGENET_EIGENVALUES_01 = np.array([0.2175, 0.0188, 0.0045], dtype=np.float32)
+IMAGENET_EIGENVECTORS = np.array(
+    [
+        [-0.5675, 0.7192, 0.4009],
+        [-0.5808, -0.0045, -0.8140],
+        [-0.5836, -0.6948, 0.4203],
+    ],
+    dtype=np.float32,
+)
+# The same eigenvalues for pixels in [0, 255], the range this package works in.
+IMAGENET_EIGENVALUES = IMAGENET_EIGENVALUES_01 * 255.0
+
+
+@keras.saving.register_keras_serializable(package="keras_alexnet")
+class LocalResponseNormalization(keras.layers.Layer):
+    """Local response normalisation across channels (paper §3.3).
+
+    For the activity ``a[..., i]`` of channel ``i`` out of ``N`` channels:
+
+        b_i = a_i / (k + alpha * sum_{j=max(0, i-n/2)}^{min(N-1, i+n/2)} a_j**2) ** beta
+
+    with ``n = 2 * depth_radius + 1``. The paper's values, the defaults here, are
+    ``k=2, n=5, alpha=1e-4, beta=0.75``; the sum is **not** divided by ``n``.
+
+    This is `tf.nn.local_response_normalization(x, depth_radius, bias=k, alpha, beta)`
+    exactly. Other frameworks divide alpha by the window size ``n``:
+
+    - PyTorch ``nn.LocalResponseNorm(size=n, alpha=n * alpha, beta, k)`` is this layer
+      (e.g. ``size=5, alpha=5e-4`` for the paper).
+    - Caffe's ``LRN`` layer (``local_size=n, alpha=A, k=K``) is this layer with
+      ``alpha=A / n, bias=K``: bvlc_alexnet's ``local_size=5, alpha=1e-4, k=1`` is
+      ``LocalResponseNormalization(2, bias=1.0, alpha=2e-5)``.
+    - Krizhevsky's 2012 code (cuda-convnet ``CrossMap`` norm) also divides by ``n``:
+      ``alpha=2e-5, bias=2`` here.
+
+    ``groups=g`` splits the channels into ``g`` equal groups and normalises each on its
+    own: a channel's window never reaches into a neighbouring group. That is what the
+    paper's two GPUs did (each normalised its own maps), and what the single-device
+    grouped layout of the model uses to compute exactly the two-tower function.
+
+    TensorFlow has no bfloat16 LRN kernel on CPU, so a bfloat16 (or float16) input is
+    normalised in float32 and cast back; the result's dtype is the input's.
+
+    Args:
+        depth_radius: half-width ``n // 2`` of the window over channels. Default 2.
+        bias: the additive constant ``k``. Default 2.0.
+        alpha: the scale ``alpha`` (not divided by the window size). Default 1e-4.
+        beta: the exponent ``beta``. Default 0.75.
+        groups: number of channel groups normalised separately. Default 1.
+        **kwargs: standard `keras.layers.Layer` arguments (e.g. ``name``).
+
+    Call arguments:
+        inputs: a channels-last tensor of rank 4, ``(batch, height, width, channels)``.
+
+    Example:
+    >>> x = np.ones((1, 4, 4, 8), "float32")
+    >>> LocalResponseNormalization()(x).shape
+    TensorShape([1, 4, 4, 8])
+
+    Reference:
+        Krizhevsky, Sutskever & Hinton, "ImageNet Classification with Deep
+        Convolutional Neural Networks", NIPS 2012, §3.3.
+    """
+
+    def __init__(self, depth_radius=2, bias=2.0, alpha=1e-4, beta=0.75, groups=1, **kwargs):
+        super().__init__(**kwargs)
+        self.groups = int(groups)
+        self.depth_radius = int(depth_radius)
+        self.bias = float(bias)
+        self.alpha = float(alpha)
+        self.beta = float(beta)
+
+    def call(self, inputs):
+        x = tf.convert_to_tensor(inputs)
+        dtype = x.dtype
+        if dtype != tf.float32:
+            x = tf.cast(x, tf.float32)
+        parts = tf.split(x, self.groups, axis=-1) if self.groups > 1 else [x]
+        parts = [
+            tf.nn.local_response_normalization(
+                part,
+                depth_radius=self.depth_radius,
+                bias=self.bias,
+                alpha=self.alpha,
+                beta=self.beta,
+            )
+            for part in parts
+        ]
+        y = tf.concat(parts, axis=-1) if self.groups > 1 else parts[0]
+        return tf.cast(y, dtype) if dtype != tf.float32 else y
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {
+                "depth_radius": self.depth_radius,
+                "bias": self.bias,
+                "alpha": self.alpha,
+                "beta": self.beta,
+                "groups": self.groups,
+            }
+        )
+        return config
+
+
+@keras.saving.register_keras_serializable(package="keras_alexnet")
+class PCAColorAugmentation(keras.layers.Layer):
+    """The paper's "fancy PCA" lighting noise (§4.1).
+
+    For each image, draw ``alpha ~ N(0, stddev)`` (a 3-vector) once, and add
+
+        offset = eigenvectors @ (alpha * eigenvalues)
+
+    to every pixel of that image. ``eigenvectors`` holds the eigenvectors of the 3x3 RGB
+    covariance of the training pixels as its **columns**; ``eigenvalues`` the matching
+    eigenvalues.
+
+    Pixel range: the defaults assume RGB values in ``[0, 255]`` (the range the rest of
+    this package works in). They are the widely used ImageNet values of
+    fb.resnet.torch (``[0.2175, 0.0188, 0.0045]`` on ``[0, 1]`` pixels) multiplied by 255,
+    which keeps the noise the same fraction of the pixel range. For another range pass
+    eigenvalues on that range (e.g. the ``[0, 1]`` values for ``[0, 1]`` pixels), or the
+    ones written by ``python -m keras_alexnet.stats``.
+
+    Only active with ``training=True``; at inference the layer is the identity (the
+    input is returned unchanged). ``stddev=0`` is the identity too.
+
+    Args:
+        eigenvalues: 3 eigenvalues, on the scale of the input pixels. Default: ImageNet
+            values for ``[0, 255]`` pixels.
+        eigenvectors: 3x3 matrix whose columns are the eigenvectors. Default: ImageNet.
+        stddev: standard deviation of ``alpha``. Default 0.1 (the paper).
+        seed: optional integer seed for the noise.
+        **kwargs: standard `keras.layers.Layer` arguments.
+
+    Call arguments:
+        inputs: one image ``(height, width, 3)`` or a batch ``(batch, height, width, 3)``.
+        training: whether to add noise. Default False.
+
+    Example:
+    >>> layer = PCAColorAugmentation(seed=0)
+    >>> images = np.full((2, 8, 8, 3), 128.0, "float32")
+    >>> bool(np.all(layer(images) == images))  # inference: identity
+    True
+
+    Reference:
+        Krizhevsky, Sutskever & Hinton, NIPS 2012, §4.1.
+    """
+
+    def __init__(self, eigenvalues=None, eigenvectors=None, stddev=0.1, seed=None, **kwargs):
+        super().__init__(**kwargs)
+        if eigenvalues is None:
+            eigenvalues = IMAGENET_EIGENVALUES
+        if eigenvectors is None:
+            eigenvectors = IMAGENET_EIGENVECTORS
+        eigenvalues = np.asarray(eigenvalues, dtype=np.float32).reshape(-1)
+        eigenvectors = np.asarray(eigenvectors, dtype=np.float32)
+        if eigenvalues.shape != (3,) or eigenvectors.shape != (3, 3):
+            raise ValueError(
+                "PCAColorAugmentation needs 3 eigenvalues and a 3x3 eigenvector matrix, "
+                f"got shapes {eigenvalues.shape} and {eigenvectors.shape}."
+            )
+        if stddev < 0:
+            raise ValueError(f"stddev must be >= 0, got {stddev}.")
+        self.eigenvalues = eigenvalues.tolist()
+        self.eigenvectors = eigenvectors.tolist()
+        self.stddev = float(stddev)
+        self.seed = seed
+        self._eigenvalues = tf.constant(eigenvalues)
+        self._eigenvectors = tf.constant(eigenvectors)
+        # A stateless op stream: one `tf.random.Generator` would be a variable, which a
+        # `tf.data.Dataset.map` function cannot create; SeedGenerator works in both.
+        self.seed_generator = keras.random.SeedGenerator(seed)
+
+    def offsets(self, batch_size):
+        """Draws the per-image RGB offsets, shape ``(batch_size, 3)``."""
+        alpha = keras.random.normal(
+            (batch_size, 3), stddev=self.stddev, seed=self.seed_generator
+        )
+        # offset_b = P @ (alpha_b * lambda): rows of (alpha * lambda) times P^T.
+        return tf.matmul(alpha * self._eigenvalues, self._eigenvectors, transpose_b=True)
+
+    def call(self, inputs, training=False):
+        if not training or self.stddev == 0.0:
+            return inputs
+        x = tf.convert_to_tensor(inputs)
+        single = x.shape.rank == 3
+        if single:
+            x = x[tf.newaxis]
+        offset = self.offsets(tf.shape(x)[0])
+        y = x + tf.cast(offset[:, tf.newaxis, tf.newaxis, :], x.dtype)
+        return y[0] if single else y
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {
+                "eigenvalues": self.eigenvalues,
+                "eigenvectors": self.eigenvectors,
+                "stddev": self.stddev,
+                "seed": self.seed,
+            }
+        )
+        return config
+
+
+@keras.saving.register_keras_serializable(package="keras_alexnet")
+class OnDevice(keras.layers.Wrapper):
+    """Runs a wrapped layer's forward pass under `tf.device(device)`.
+
+    This is how the two towers of the paper's Fig. 2 are placed on their own devices
+    (the paper's two GPUs). Keras' functional models re-run each layer's ``call`` when
+    the model is called, so a `tf.device` scope around model *construction* would be
+    lost; wrapping the call keeps the placement in every trace (fit, predict, export).
+    The gradient ops follow the forward ops only when gradients are taken with
+    `tf.gradients` in a graph (which colocates each gradient with its op), which is what
+    `keras_alexnet.model.AlexNetModel.train_step` does.
+
+    ``device=None`` places nothing: the layer runs wherever the caller runs it. The
+    wrapped layer's weights are created on ``device`` as well.
+
+    Args:
+        layer: the `keras.layers.Layer` to run.
+        device: a device name such as ``"/GPU:1"``, or None.
+        **kwargs: standard `keras.layers.Layer` arguments; the name defaults to the
+            wrapped layer's, so weights keep the paper's names.
+    """
+
+    def __init__(self, layer, device=None, **kwargs):
+        kwargs.setdefault("name", layer.name)
+        super().__init__(layer, **kwargs)
+        self.device = device
+
+    def build(self, input_shape=None):
+        # Create the weights on the tower's device too (each of the paper's GPUs held its
+        # own tower's weights); the optimizer colocates its slots with them.
+        if not self.layer.built:
+            if self.device is None:
+                self.layer.build(input_shape)
+            else:
+                with tf.device(self.device):
+                    self.layer.build(input_shape)
+        self.built = True
+
+    def call(self, inputs, training=None):
+        kwargs = {"training": training} if self.layer._call_has_training_arg else {}
+        if self.device is None:
+            return self.layer(inputs, **kwargs)
+        with tf.device(self.device):
+            return self.layer(inputs, **kwargs)
+
+    def compute_output_shape(self, input_shape):
+        return self.layer.compute_output_shape(input_shape)
+
+    def get_config(self):
+        config = super().get_config()
+        config["device"] = self.device
+        return config
+
+
+@keras.saving.register_keras_serializable(package="keras_alexnet")
+class GroupedConv2D(keras.layers.Layer):
+    """A grouped 2-D convolution computed by one `tf.nn.conv2d` call.
+
+    The kernel has shape ``(kh, kw, in_channels // groups, filters)``; output channels
+    ``[g * filters // groups, (g + 1) * filters // groups)`` see only input channels
+    ``[g * in // groups, (g + 1) * in // groups)``. With ``groups=2`` this computes the
+    same function as two towers of plain `keras.layers.Conv2D` whose kernels are the two
+    halves of this kernel along the last axis (`keras_alexnet.model.towers_to_grouped`
+    converts the weights). Unlike `keras.layers.Conv2D(groups=...)`, which Keras runs
+    through XLA on the TensorFlow backend (about 4x slower to train on CPU, PERF_NOTES),
+    this goes to TensorFlow's native (oneDNN) kernels. Its gradient on CPU needs oneDNN
+    (the default; ``TF_ENABLE_ONEDNN_OPTS=0`` makes it fail), so the two-tower model is
+    the default and this is the ``grouping="grouped"`` option.
+
+    Args:
+        filters, kernel_size, strides, padding, activation, kernel_initializer,
+        bias_initializer, kernel_regularizer: as in `keras.layers.Conv2D`.
+        groups: number of groups. Default 2.
+    """
+
+    def __init__(
+        self,
+        filters,
+        kernel_size,
+        strides=1,
+        padding="valid",
+        groups=2,
+        activation=None,
+        kernel_initializer="glorot_uniform",
+        bias_initializer="zeros",
+        kernel_regularizer=None,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        self.filters = int(filters)
+        self.kernel_size = tuple(np.broadcast_to(kernel_size, (2,)).tolist())
+        self.strides = tuple(np.broadcast_to(strides, (2,)).tolist())
+        self.padding = padding.lower()
+        self.groups = int(groups)
+        self.activation = keras.activations.get(activation)
+        self.kernel_initializer = keras.initializers.get(kernel_initializer)
+        self.bias_initializer = keras.initializers.get(bias_initializer)
+        self.kernel_regularizer = keras.regularizers.get(kernel_regularizer)
+        if self.filters % self.groups:
+            raise ValueError(f"filters={filters} is not divisible by groups={groups}.")
+
+    def build(self, input_shape):
+        channels = input_shape[-1]
+        if channels % self.groups:
+            raise ValueError(
+                f"{self.name}: {channels} input channels are not divisible by "
+                f"groups={self.groups}."
+            )
+        self.kernel = self.add_weight(
+            name="kernel",
+            shape=(*self.kernel_size, channels // self.groups, self.filters),
+            initializer=self.kernel_initializer,
+            regularizer=self.kernel_regularizer,
+        )
+        self.bias = self.add_weight(
+            name="bias", shape=(self.filters,), initializer=self.bias_initializer
+        )
+
+    def call(self, inputs):
+        y = tf.nn.conv2d(
+            inputs,
+            tf.cast(self.kernel, inputs.dtype),
+            strides=self.strides,
+            padding=self.padding.upper(),
+        )
+        y = tf.nn.bias_add(y, tf.cast(self.bias, y.dtype))
+        return self.activation(y)
+
+    def compute_output_shape(self, input_shape):
+        conv = keras.layers.Conv2D(
+            self.filters, self.kernel_size, strides=self.strides, padding=self.padding
+        )
+        return conv.compute_output_shape(input_shape)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {
+                "filters": self.filters,
+                "kernel_size": self.kernel_size,
+                "strides": self.strides,
+                "padding": self.padding,
+                "groups": self.groups,
+                "activation": keras.activations.serialize(self.activation),
+                "kernel_initializer": keras.initializers.serialize(self.kernel_initializer),
+                "bias_initializer": keras.initializers.serialize(self.bias_initializer),
+                "kernel_regularizer": keras.regularizers.serialize(self.kernel_regularizer),
+            }
+        )
+        return config

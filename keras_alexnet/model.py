@@ -1,0 +1,406 @@
+"""AlexNet as in Krizhevsky, Sutskever & Hinton, NIPS 2012 (§3, Fig. 2).
+
+The network of the paper's Fig. 2 is two towers, one per GPU: conv1's 96 maps are split
+48/48, conv2, conv4 and conv5 see only their own tower's maps, and conv3, fc6 and fc7 read
+both towers. `AlexNet(grouping="towers")` (the default) builds exactly that from plain
+`keras.layers.Conv2D` layers, each tower under `tf.device` on its own device. Two other
+layouts compute on one device:
+
+- ``grouping="grouped"``: the same function (the same 60,965,224 parameters, weights
+  convertible with `towers_to_grouped` / `grouped_to_towers`) with each pair of tower
+  layers fused into one grouped `tf.nn.conv2d` (oneDNN on CPU).
+- ``grouping="none"``: one tower, no groups (62,378,344 parameters), for comparison.
+
+Layer names follow the paper: conv1_a / conv1_b, lrn1_a, pool1_a, ..., fc6, fc7, fc8 for
+the towers, conv1, lrn1, pool1, ... for the one-device layouts.
+"""
+
+import numpy as np
+import keras
+import tensorflow as tf
+
+from keras.src.losses.loss import unscale_loss_for_distribution
+
+from keras_alexnet.layers import GroupedConv2D, LocalResponseNormalization, OnDevice
+
+# The paper's five conv layers (§3.5): (kernels, size, stride, padding, towers-only input).
+# "own_tower" means the layer sees only the maps of its own tower (Fig. 2).
+CONV_LAYERS = {
+    "conv1": dict(filters=96, size=11, stride=4, padding="valid", own_tower=True),
+    "conv2": dict(filters=256, size=5, stride=1, padding="same", own_tower=True),
+    "conv3": dict(filters=384, size=3, stride=1, padding="same", own_tower=False),
+    "conv4": dict(filters=384, size=3, stride=1, padding="same", own_tower=True),
+    "conv5": dict(filters=256, size=3, stride=1, padding="same", own_tower=True),
+}
+# LRN after the ReLU of conv1 and conv2 (§3.3); overlapping 3/2 max pooling after conv1,
+# conv2 and conv5 (§3.4).
+LRN_AFTER = ("conv1", "conv2")
+POOL_AFTER = {"conv1": "pool1", "conv2": "pool2", "conv5": "pool5"}
+# §5: "We initialized the neuron biases in the second, fourth, and fifth convolutional
+# layers, as well as in the fully-connected hidden layers, with the constant 1 ... the
+# remaining layers with the constant 0." (Popular summaries that say "all biases 0" are
+# wrong.)
+POSITIVE_BIAS_LAYERS = ("conv2", "conv4", "conv5", "fc6", "fc7")
+PAPER_LAYERS = ("conv1", "conv2", "conv3", "conv4", "conv5", "fc6", "fc7", "fc8")
+GROUPINGS = ("towers", "grouped", "none")
+
+
+def default_devices():
+    """The paper's placement: the first two GPUs when there are two, else no placement.
+
+    Returns a pair of device names, or ``(None, None)``, meaning the towers run wherever
+    the caller runs the model (the one device there is, or each replica's device under a
+    `tf.distribute` strategy).
+    """
+    gpus = tf.config.list_logical_devices("GPU")
+    if len(gpus) >= 2:
+        return (gpus[0].name, gpus[1].name)
+    return (None, None)
+
+
+@keras.saving.register_keras_serializable(package="keras_alexnet")
+class AlexNetModel(keras.Model):
+    """A functional `keras.Model` whose training step keeps gradients on their towers.
+
+    Keras' own TensorFlow train step takes gradients with `tf.GradientTape`; tape
+    gradients carry no device, so the backward pass of both towers lands on the first
+    device. Inside the compiled train step this class takes them with `tf.gradients`,
+    which colocates each gradient op with its forward op: tower b's
+    `Conv2DBackpropFilter` then runs on tower b's device. Everything else is Keras'
+    ``train_step`` unchanged (loss, loss scaling for mixed precision, metrics). When run
+    eagerly (``run_eagerly=True``) there is no graph, and it falls back to the tape.
+    """
+
+    def compile(self, optimizer="rmsprop", **kwargs):
+        super().compile(optimizer=optimizer, **kwargs)
+        _colocate_optimizer_slots(self.optimizer)
+
+    def train_step(self, data):
+        if tf.executing_eagerly():
+            return super().train_step(data)
+        x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
+        y_pred = self(x, training=True)
+        loss = self._compute_loss(
+            x=x, y=y, y_pred=y_pred, sample_weight=sample_weight, training=True
+        )
+        self._loss_tracker.update_state(
+            unscale_loss_for_distribution(loss), sample_weight=tf.shape(x)[0]
+        )
+        if self.optimizer is not None:
+            loss = self.optimizer.scale_loss(loss)
+        trainable_weights = self.trainable_weights
+        gradients = tf.gradients(loss, [v.value for v in trainable_weights])
+        self.optimizer.apply_gradients(zip(gradients, trainable_weights))
+        return self.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
+
+
+def _colocate_optimizer_slots(optimizer):
+    """Makes ``optimizer`` create each slot (e.g. SGD momentum) on its variable's device.
+
+    Keras creates slot variables wherever the optimizer is built (the first device), so
+    without this tower b's momentum would live on tower a's device and cross devices at
+    every step. The paper's GPUs each held their own tower's state.
+    """
+    inner = getattr(optimizer, "inner_optimizer", None)  # LossScaleOptimizer
+    if inner is not None:
+        _colocate_optimizer_slots(inner)
+    if getattr(optimizer, "_keras_alexnet_colocated", False):
+        return
+    original = optimizer.add_variable_from_reference
+
+    def add_variable_from_reference(reference_variable, name=None, initializer="zeros"):
+        with tf.device(reference_variable.value.device):
+            return original(reference_variable, name=name, initializer=initializer)
+
+    optimizer.add_variable_from_reference = add_variable_from_reference
+    optimizer._keras_alexnet_colocated = True
+
+
+def _weight_stddev(weight_stddev, layer):
+    if isinstance(weight_stddev, dict):
+        return float(weight_stddev.get(layer, weight_stddev.get("default", 0.01)))
+    return float(weight_stddev)
+
+
+def AlexNet(
+    include_top=True,
+    weights=None,
+    input_tensor=None,
+    input_shape=(227, 227, 3),
+    pooling=None,
+    classes=1000,
+    classifier_activation="softmax",
+    grouping="towers",
+    devices=None,
+    lrn_depth_radius=2,
+    lrn_bias=2.0,
+    lrn_alpha=1e-4,
+    lrn_beta=0.75,
+    lrn=True,
+    weight_stddev=0.01,
+    positive_bias=1.0,
+    dropout=0.5,
+    fc_units=4096,
+    kernel_regularizer=None,
+    seed=None,
+    name="alexnet",
+):
+    """Builds the paper's AlexNet (NIPS 2012, §3.5 and Fig. 2) as a `keras.Model`.
+
+    Inputs are RGB crops in ``[0, 255]`` with the training mean subtracted (the paper's
+    only preprocessing, §2); see `keras_alexnet.data`. The paper states 224x224 inputs,
+    but 11x11 stride-4 kernels give its 55x55 conv1 maps only on 227x227 (as in Caffe's
+    bvlc_alexnet), so 227 is the default.
+
+    Args:
+        include_top: whether to include fc6, fc7 and fc8 (with their dropout).
+        weights: only ``None`` (random initialisation) or the path of a weights file
+            (``.weights.h5``) saved from a model of the same layout. Nothing is
+            downloaded.
+        input_tensor: optional Keras tensor to use as the input.
+        input_shape: input shape, default ``(227, 227, 3)``. Smaller inputs work (e.g.
+            ``(67, 67, 3)`` for tests) as long as pool5 is at least 1x1.
+        pooling: with ``include_top=False``: None (pool5 maps), ``"avg"`` or ``"max"``.
+        classes: number of classes of fc8. Default 1000.
+        classifier_activation: activation of fc8, default ``"softmax"``; None for logits.
+        grouping: ``"towers"`` (the paper: two towers of plain convs, one per device),
+            ``"grouped"`` (the same function, grouped convs on one device) or ``"none"``
+            (one tower without groups).
+        devices: with ``grouping="towers"``: two device names for towers a and b, e.g.
+            ``("/GPU:0", "/GPU:1")``. Default `default_devices()`.
+        lrn_depth_radius, lrn_bias, lrn_alpha, lrn_beta: local response normalisation
+            (§3.3: n=5, k=2, alpha=1e-4, beta=0.75). Krizhevsky's 2012 code uses
+            ``lrn_alpha=2e-5``; Caffe's bvlc_alexnet ``lrn_alpha=2e-5, lrn_bias=1``.
+        lrn: False removes both LRN layers (the paper's ablation, §3.3).
+        weight_stddev: standard deviation of the zero-mean Gaussian that initialises
+            every kernel (§5: 0.01), or a dict from paper layer name (``"conv3"``, ...,
+            and optionally ``"default"``) to its standard deviation.
+        positive_bias: initial bias of conv2, conv4, conv5, fc6 and fc7 (§5: 1; Caffe's
+            bvlc_alexnet uses 0.1). conv1, conv3 and fc8 biases start at 0.
+        dropout: dropout rate after fc6 and fc7 (§4.2: 0.5).
+        fc_units: width of fc6 and fc7 (4096 in the paper; smaller for tiny runs).
+        kernel_regularizer: regulariser for every kernel (the recipe's weight decay).
+        seed: integer seed for the initial weights; None for a random draw.
+        name: model name.
+
+    Returns:
+        An `AlexNetModel` (a functional `keras.Model`).
+    """
+    if grouping not in GROUPINGS:
+        raise ValueError(f"grouping must be one of {GROUPINGS}, got {grouping!r}.")
+    if devices is None:
+        devices = default_devices()
+    devices = tuple(devices)
+    if len(devices) != 2:
+        raise ValueError(f"devices must name two devices (towers a and b), got {devices}.")
+    towers = grouping == "towers"
+    seeds = iter(range(1000)) if seed is None else iter(range(seed, seed + 1000))
+
+    def kernel_init(layer):
+        s = next(seeds)
+        return keras.initializers.RandomNormal(
+            0.0, _weight_stddev(weight_stddev, layer), seed=None if seed is None else s
+        )
+
+    def bias_init(layer):
+        return keras.initializers.Constant(positive_bias if layer in POSITIVE_BIAS_LAYERS else 0.0)
+
+    def lrn_layer(name, groups=1):
+        return LocalResponseNormalization(
+            depth_radius=lrn_depth_radius,
+            bias=lrn_bias,
+            alpha=lrn_alpha,
+            beta=lrn_beta,
+            groups=groups,
+            name=name,
+        )
+
+    def pool_layer(name):
+        return keras.layers.MaxPooling2D(pool_size=3, strides=2, name=name)
+
+    if input_tensor is None:
+        inputs = keras.Input(shape=input_shape, name="image")
+    else:
+        inputs = input_tensor
+
+    if towers:
+        x_a, x_b = inputs, inputs
+        for layer, spec in CONV_LAYERS.items():
+            if not spec["own_tower"]:
+                both = keras.layers.Concatenate(name=f"{layer}_input")([x_a, x_b])
+                x_a, x_b = both, both
+            outs = []
+            for tower, x, device in (("a", x_a, devices[0]), ("b", x_b, devices[1])):
+                ops = [
+                    keras.layers.Conv2D(
+                        spec["filters"] // 2,
+                        spec["size"],
+                        strides=spec["stride"],
+                        padding=spec["padding"],
+                        activation="relu",
+                        kernel_initializer=kernel_init(layer),
+                        bias_initializer=bias_init(layer),
+                        kernel_regularizer=kernel_regularizer,
+                        name=f"{layer}_{tower}",
+                    )
+                ]
+                n = layer[-1]
+                if lrn and layer in LRN_AFTER:
+                    ops.append(lrn_layer(f"lrn{n}_{tower}"))
+                if layer in POOL_AFTER:
+                    ops.append(pool_layer(f"{POOL_AFTER[layer]}_{tower}"))
+                for op in ops:
+                    x = OnDevice(op, device=device)(x)
+                outs.append(x)
+            x_a, x_b = outs
+        x = keras.layers.Concatenate(name="pool5")([x_a, x_b])
+    else:
+        x = inputs
+        for layer, spec in CONV_LAYERS.items():
+            groups = 2 if grouping == "grouped" and spec["own_tower"] and layer != "conv1" else 1
+            common = dict(
+                strides=spec["stride"],
+                padding=spec["padding"],
+                activation="relu",
+                kernel_initializer=kernel_init(layer),
+                bias_initializer=bias_init(layer),
+                kernel_regularizer=kernel_regularizer,
+                name=layer,
+            )
+            if groups > 1:
+                x = GroupedConv2D(spec["filters"], spec["size"], groups=groups, **common)(x)
+            else:
+                x = keras.layers.Conv2D(spec["filters"], spec["size"], **common)(x)
+            n = layer[-1]
+            if lrn and layer in LRN_AFTER:
+                # In the paper each GPU normalises its own 48 (128) maps: the grouped
+                # layout normalises within each half, the one-tower layout across all.
+                x = lrn_layer(f"lrn{n}", groups=2 if grouping == "grouped" else 1)(x)
+            if layer in POOL_AFTER:
+                x = pool_layer(POOL_AFTER[layer])(x)
+
+    if include_top:
+        x = keras.layers.Flatten(name="flatten")(x)
+        for layer in ("fc6", "fc7"):
+            x = keras.layers.Dense(
+                fc_units,
+                activation="relu",
+                kernel_initializer=kernel_init(layer),
+                bias_initializer=bias_init(layer),
+                kernel_regularizer=kernel_regularizer,
+                name=layer,
+            )(x)
+            x = keras.layers.Dropout(dropout, name=f"drop{layer[-1]}")(x)
+        x = keras.layers.Dense(
+            classes,
+            kernel_initializer=kernel_init("fc8"),
+            bias_initializer=bias_init("fc8"),
+            kernel_regularizer=kernel_regularizer,
+            name="fc8",
+        )(x)
+        if classifier_activation is not None:
+            # Softmax in float32 even under mixed precision, for a stable loss.
+            x = keras.layers.Activation(
+                classifier_activation, dtype="float32", name="predictions"
+            )(x)
+    elif pooling == "avg":
+        x = keras.layers.GlobalAveragePooling2D(name="avg_pool")(x)
+    elif pooling == "max":
+        x = keras.layers.GlobalMaxPooling2D(name="max_pool")(x)
+
+    model = AlexNetModel(inputs, x, name=name)
+    if weights is not None:
+        model.load_weights(weights)
+    return model
+
+
+def paper_layer(layer_name):
+    """Maps a Keras layer name to the paper layer it belongs to (conv1_a -> conv1)."""
+    base = layer_name.split("_")[0]
+    return base if base in PAPER_LAYERS else None
+
+
+def _layers(model):
+    """Pairs ``(layer, outer)``: each leaf layer of the model, with `OnDevice` wrappers
+    replaced by what they wrap, and the layer the model calls (whose output is known)."""
+    for outer in model.layers:
+        yield (outer.layer if isinstance(outer, OnDevice) else outer), outer
+
+
+def layer_table(model):
+    """The paper-style per-layer table of a built AlexNet.
+
+    Returns:
+        A list of dicts, one per paper layer (conv1 ... fc8) in order, with ``layer``,
+        ``output_shape`` (the layer's output with both towers together, before pooling),
+        ``params`` (weights + biases, both towers) and ``neurons`` (units of the output).
+    """
+    rows = {}
+    for layer, outer in _layers(model):
+        base = paper_layer(layer.name)
+        if base is None or layer.name.startswith(("lrn", "pool")):
+            continue
+        if not isinstance(layer, (keras.layers.Conv2D, keras.layers.Dense, GroupedConv2D)):
+            continue
+        shape = tuple(outer.output.shape[1:])
+        row = rows.setdefault(base, {"layer": base, "output_shape": None, "params": 0, "neurons": 0})
+        row["params"] += int(layer.count_params())
+        row["neurons"] += int(np.prod(shape))
+        if row["output_shape"] is None:
+            row["output_shape"] = shape
+        else:  # a second tower: its channels add up
+            row["output_shape"] = row["output_shape"][:-1] + (row["output_shape"][-1] + shape[-1],)
+    return [rows[name] for name in PAPER_LAYERS if name in rows]
+
+
+def format_layer_table(model):
+    """The `layer_table` as text, with a total row, like the paper's description."""
+    rows = layer_table(model)
+    lines = [f"{'layer':<7}{'output':>16}{'parameters':>14}{'neurons':>11}"]
+    for r in rows:
+        shape = "x".join(str(d) for d in r["output_shape"])
+        lines.append(f"{r['layer']:<7}{shape:>16}{r['params']:>14,}{r['neurons']:>11,}")
+    total_p = sum(r["params"] for r in rows)
+    total_n = sum(r["neurons"] for r in rows)
+    lines.append(f"{'total':<7}{'':>16}{total_p:>14,}{total_n:>11,}")
+    return "\n".join(lines)
+
+
+def print_layer_table(model):
+    """Prints `format_layer_table(model)`."""
+    print(format_layer_table(model))
+
+
+def towers_to_grouped(towers_model, grouped_model):
+    """Copies a two-tower model's weights into a ``grouping="grouped"`` model.
+
+    Tower a's kernels become the first half of each fused kernel's output channels and
+    tower b's the second half, which is how a grouped convolution orders its groups.
+    """
+    for name in PAPER_LAYERS[:5]:
+        a = towers_model.get_layer(f"{name}_a").layer
+        b = towers_model.get_layer(f"{name}_b").layer
+        target = grouped_model.get_layer(name)
+        target.set_weights(
+            [np.concatenate([wa, wb], axis=-1) for wa, wb in zip(a.get_weights(), b.get_weights())]
+        )
+    for name in PAPER_LAYERS[5:]:
+        try:
+            grouped_model.get_layer(name).set_weights(towers_model.get_layer(name).get_weights())
+        except ValueError:  # include_top=False
+            pass
+
+
+def grouped_to_towers(grouped_model, towers_model):
+    """The inverse of `towers_to_grouped`."""
+    for name in PAPER_LAYERS[:5]:
+        weights = grouped_model.get_layer(name).get_weights()
+        for tower, half in (("a", 0), ("b", 1)):
+            towers_model.get_layer(f"{name}_{tower}").layer.set_weights(
+                [np.split(w, 2, axis=-1)[half] for w in weights]
+            )
+    for name in PAPER_LAYERS[5:]:
+        try:
+            towers_model.get_layer(name).set_weights(grouped_model.get_layer(name).get_weights())
+        except ValueError:
+            pass

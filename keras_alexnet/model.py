@@ -75,6 +75,14 @@ class AlexNetModel(keras.Model):
         super().compile(optimizer=optimizer, **kwargs)
         _colocate_optimizer_slots(self.optimizer)
 
+    def compile_from_config(self, config):
+        # Keras skips compiling a loaded model whose class overrides `compile` unless it
+        # also overrides this; what it would do is exactly right here.
+        config = keras.saving.deserialize_keras_object(config)
+        self.compile(**config)
+        if getattr(self, "optimizer", None) is not None and self.built:
+            self.optimizer.build(self.trainable_variables)
+
     def train_step(self, data):
         if tf.executing_eagerly():
             return super().train_step(data)
@@ -118,8 +126,8 @@ def _colocate_optimizer_slots(optimizer):
 
 def _weight_stddev(weight_stddev, layer):
     if isinstance(weight_stddev, dict):
-        return float(weight_stddev.get(layer, weight_stddev.get("default", 0.01)))
-    return float(weight_stddev)
+        weight_stddev = weight_stddev.get(layer, weight_stddev.get("default", 0.01))
+    return weight_stddev if weight_stddev == "he" else float(weight_stddev)
 
 
 def AlexNet(
@@ -142,6 +150,7 @@ def AlexNet(
     dropout=0.5,
     fc_units=4096,
     kernel_regularizer=None,
+    input_scale=1.0,
     seed=None,
     name="alexnet",
 ):
@@ -174,12 +183,15 @@ def AlexNet(
         lrn: False removes both LRN layers (the paper's ablation, §3.3).
         weight_stddev: standard deviation of the zero-mean Gaussian that initialises
             every kernel (§5: 0.01), or a dict from paper layer name (``"conv3"``, ...,
-            and optionally ``"default"``) to its standard deviation.
+            and optionally ``"default"``) to its standard deviation. A value ``"he"``
+            draws N(0, 2 / fan_in) instead (He et al., 2015), a non-paper option.
         positive_bias: initial bias of conv2, conv4, conv5, fc6 and fc7 (§5: 1; Caffe's
             bvlc_alexnet uses 0.1). conv1, conv3 and fc8 biases start at 0.
         dropout: dropout rate after fc6 and fc7 (§4.2: 0.5).
         fc_units: width of fc6 and fc7 (4096 in the paper; smaller for tiny runs).
         kernel_regularizer: regulariser for every kernel (the recipe's weight decay).
+        input_scale: the input is multiplied by this first (a ``Rescaling`` layer named
+            ``input_scale``). 1 (no layer) is the paper: raw mean-subtracted pixels.
         seed: integer seed for the initial weights; None for a random draw.
         name: model name.
 
@@ -197,10 +209,11 @@ def AlexNet(
     seeds = iter(range(1000)) if seed is None else iter(range(seed, seed + 1000))
 
     def kernel_init(layer):
-        s = next(seeds)
-        return keras.initializers.RandomNormal(
-            0.0, _weight_stddev(weight_stddev, layer), seed=None if seed is None else s
-        )
+        s = None if seed is None else next(seeds)
+        std = _weight_stddev(weight_stddev, layer)
+        if std == "he":  # N(0, 2 / fan_in): He et al. 2015, for unit-scale inputs
+            return keras.initializers.VarianceScaling(2.0, "fan_in", "untruncated_normal", seed=s)
+        return keras.initializers.RandomNormal(0.0, std, seed=s)
 
     def bias_init(layer):
         return keras.initializers.Constant(positive_bias if layer in POSITIVE_BIAS_LAYERS else 0.0)
@@ -223,8 +236,12 @@ def AlexNet(
     else:
         inputs = input_tensor
 
+    first = inputs
+    if input_scale != 1.0:
+        first = keras.layers.Rescaling(input_scale, name="input_scale")(inputs)
+
     if towers:
-        x_a, x_b = inputs, inputs
+        x_a, x_b = first, first
         for layer, spec in CONV_LAYERS.items():
             if not spec["own_tower"]:
                 both = keras.layers.Concatenate(name=f"{layer}_input")([x_a, x_b])
@@ -255,7 +272,7 @@ def AlexNet(
             x_a, x_b = outs
         x = keras.layers.Concatenate(name="pool5")([x_a, x_b])
     else:
-        x = inputs
+        x = first
         for layer, spec in CONV_LAYERS.items():
             groups = 2 if grouping == "grouped" and spec["own_tower"] and layer != "conv1" else 1
             common = dict(

@@ -258,3 +258,15 @@ def test_towers_run_forward_and_backward_on_their_devices_in_model_fit():
     for op_type in ("AssignVariableOp", "AssignAddVariableOp"):
         on_b = [p for p in updates if p["type"] == op_type and p["dev"] == "CPU:1"]
         assert len(on_b) == 10, (op_type, len(on_b))
+
+
+def test_compiled_model_round_trip_keeps_optimizer_state(tmp_path):
+    model = keras_alexnet.AlexNet(seed=7, **TINY)
+    model.compile(optimizer=keras.optimizers.SGD(0.01, momentum=0.9), loss="sparse_categorical_crossentropy")
+    x = np.random.default_rng(3).normal(0, 50, (4, 67, 67, 3)).astype(np.float32)
+    model.train_on_batch(x, np.arange(4))
+    model.save(tmp_path / "m.keras")
+    loaded = keras.models.load_model(tmp_path / "m.keras")
+    assert loaded.optimizer is not None and int(loaded.optimizer.iterations.numpy()) == 1
+    for a, b in zip(model.optimizer.variables, loaded.optimizer.variables):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))

@@ -1,0 +1,110 @@
+"""A small dataset the package draws itself: the built-in default of `train.py`.
+
+Procedurally drawn photos-in-miniature of a few shape classes (disc, square, triangle,
+ring, cross, stripes, ...), each with a random colour, size, position and rotation over a
+noisy textured background, written as an ImageNet-style folder of JPEGs
+(``DIR/train/<class>/*.JPEG``, ``DIR/val/<class>/*.JPEG``) so that the real input
+pipeline, decoding included, runs on it. It needs no download and is the same on every
+machine for the same seed.
+"""
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFilter
+
+CLASSES = ("disc", "square", "triangle", "ring", "cross", "stripes", "star", "checker")
+VERSION = 1
+
+
+def _polygon(cx, cy, r, n, angle, star=False):
+    points = []
+    steps = 2 * n if star else n
+    for i in range(steps):
+        radius = r if (not star or i % 2 == 0) else r * 0.45
+        t = angle + 2 * math.pi * i / steps
+        points.append((cx + radius * math.cos(t), cy + radius * math.sin(t)))
+    return points
+
+
+def draw_image(label, rng, size=96):
+    """Draws one image of class ``CLASSES[label]`` as an RGB `PIL.Image`."""
+    # A smooth random background: low-resolution noise scaled up, plus pixel noise.
+    low = rng.uniform(40, 215, size=(4, 4, 3)).astype(np.uint8)
+    background = Image.fromarray(low).resize((size, size), Image.BICUBIC)
+    image = background.copy()
+    draw = ImageDraw.Draw(image)
+    colour = tuple(int(c) for c in rng.integers(0, 256, 3))
+    r = rng.uniform(0.2, 0.4) * size
+    cx, cy = rng.uniform(r, size - r, 2)
+    angle = rng.uniform(0, 2 * math.pi)
+    name = CLASSES[label]
+    w = max(2, int(r * 0.35))
+    if name == "disc":
+        draw.ellipse([cx - r, cy - r, cx + r, cy + r], fill=colour)
+    elif name == "square":
+        draw.polygon(_polygon(cx, cy, r, 4, angle), fill=colour)
+    elif name == "triangle":
+        draw.polygon(_polygon(cx, cy, r, 3, angle), fill=colour)
+    elif name == "ring":
+        draw.ellipse([cx - r, cy - r, cx + r, cy + r], outline=colour, width=w)
+    elif name == "cross":
+        for t in (angle, angle + math.pi / 2):
+            dx, dy = r * math.cos(t), r * math.sin(t)
+            draw.line([cx - dx, cy - dy, cx + dx, cy + dy], fill=colour, width=w)
+    elif name == "stripes":
+        period = rng.uniform(0.12, 0.25) * size
+        dx, dy = math.cos(angle), math.sin(angle)
+        for k in range(-8, 9):
+            ox, oy = cx + k * period * -dy, cy + k * period * dx
+            draw.line([ox - 2 * size * dx, oy - 2 * size * dy, ox + 2 * size * dx, oy + 2 * size * dy],
+                      fill=colour, width=max(2, int(period / 2.5)))
+    elif name == "star":
+        draw.polygon(_polygon(cx, cy, r, 5, angle, star=True), fill=colour)
+    elif name == "checker":
+        cell = max(3, int(rng.uniform(0.08, 0.15) * size))
+        x0, y0 = int(cx - r), int(cy - r)
+        for i in range(int(2 * r / cell) + 1):
+            for j in range(int(2 * r / cell) + 1):
+                if (i + j) % 2 == 0:
+                    draw.rectangle([x0 + i * cell, y0 + j * cell, x0 + (i + 1) * cell, y0 + (j + 1) * cell], fill=colour)
+    image = image.filter(ImageFilter.GaussianBlur(rng.uniform(0, 0.8)))
+    pixels = np.asarray(image, dtype=np.float32) + rng.normal(0, 8, (size, size, 3))
+    return Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8))
+
+
+def make_dataset(root, num_classes=8, train_per_class=150, val_per_class=40, size=96, seed=0):
+    """Writes the synthetic dataset to ``root`` (once) and returns ``root``.
+
+    A ``manifest.json`` records the arguments; an existing folder made with the same
+    arguments is reused, so repeated runs start at once.
+
+    Args:
+        root: folder to write ``train/`` and ``val/`` into.
+        num_classes: how many of `CLASSES` to use (2 to 8).
+        train_per_class, val_per_class: images per class and split.
+        size: side of the square images in pixels.
+        seed: seed of the drawing.
+
+    Returns:
+        The `pathlib.Path` of ``root``.
+    """
+    if not 2 <= num_classes <= len(CLASSES):
+        raise ValueError(f"num_classes must be between 2 and {len(CLASSES)}, got {num_classes}.")
+    root = Path(root)
+    manifest = dict(version=VERSION, num_classes=num_classes, train_per_class=train_per_class,
+                    val_per_class=val_per_class, size=size, seed=seed)
+    manifest_path = root / "manifest.json"
+    if manifest_path.is_file() and json.loads(manifest_path.read_text()) == manifest:
+        return root
+    rng = np.random.default_rng(seed)
+    for split, count in (("train", train_per_class), ("val", val_per_class)):
+        for label in range(num_classes):
+            folder = root / split / CLASSES[label]
+            folder.mkdir(parents=True, exist_ok=True)
+            for i in range(count):
+                draw_image(label, rng, size).save(folder / f"{CLASSES[label]}_{i:05d}.JPEG", quality=90)
+    manifest_path.write_text(json.dumps(manifest, indent=1))
+    return root

@@ -1,0 +1,608 @@
+"""The paper's training recipe (§5) on `model.fit`, with runs that survive a kill.
+
+`train(...)` is what ``python train.py`` runs. A run directory holds:
+
+- ``config.json``: the resolved recipe and run settings (and the class names);
+- ``stats.npz``: the dataset statistics used (mean image, PCA);
+- ``metrics.csv``: one row per finished epoch (loss, top-1/top-5 error on train and
+  validation, learning rate, skipped files, seconds);
+- ``tensorboard/``: TensorBoard logs;
+- ``checkpoints/`` and ``checkpoint.json``: the resumable state (see `RunCheckpoint`);
+- ``last.keras`` and ``best.keras`` (lowest validation top-1 error);
+- ``summary.json``: the final figures, which evaluation and the README's tables read.
+"""
+
+import csv
+import dataclasses
+import io
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from keras_alexnet import data as data_lib
+from keras_alexnet import recipes
+from keras_alexnet import stats as stats_lib
+from keras_alexnet.model import AlexNet
+
+MONITOR = "val_top1_error"
+
+
+# Metrics -------------------------------------------------------------------------------
+
+
+@keras.saving.register_keras_serializable(package="keras_alexnet")
+class TopKError(keras.metrics.SparseTopKCategoricalAccuracy):
+    """Top-k error rate, ``1 - top-k accuracy``, as the paper's tables report it.
+
+    A label counts as found when its score is among the ``k`` largest; ties at the k-th
+    place are resolved as `tf.math.in_top_k` documents (a label whose score ties the
+    k-th largest counts as found).
+    """
+
+    def __init__(self, k=5, name=None, **kwargs):
+        super().__init__(k=k, name=name or f"top{k}_error", **kwargs)
+
+    def result(self):
+        return 1.0 - super().result()
+
+
+def error_metrics():
+    return [TopKError(1), TopKError(5)]
+
+
+# Optimiser -----------------------------------------------------------------------------
+
+
+def paper_regularizer(weight_decay):
+    """The L2 regulariser whose gradient is the paper's ``weight_decay * w``.
+
+    Keras' ``L2(l)`` adds ``l * sum(w**2)`` to the loss, whose gradient is ``2 l w``, so
+    the paper's decay of 0.0005 (§5) is ``L2(0.00025)``.
+    """
+    return keras.regularizers.L2(weight_decay / 2.0) if weight_decay else None
+
+
+def paper_optimizer(recipe):
+    """SGD with momentum (§5). With `paper_regularizer` on the kernels, one step is
+    ``v <- momentum v - weight_decay lr w - lr dL/dw``, ``w <- w + v``."""
+    return keras.optimizers.SGD(learning_rate=recipe.learning_rate, momentum=recipe.momentum)
+
+
+def _lr(model):
+    return float(keras.ops.convert_to_numpy(model.optimizer.learning_rate))
+
+
+def _set_lr(model, value):
+    model.optimizer.learning_rate.assign(value)
+
+
+# Learning-rate schedules ---------------------------------------------------------------
+
+
+class PlateauSchedule(keras.callbacks.Callback):
+    """Divides the learning rate by 10 when the validation error stops improving (§5).
+
+    After ``patience`` epochs in a row without a new best ``monitor`` (lower is better)
+    the rate is multiplied by ``factor``, at most ``max_reductions`` times ("reduced
+    three times prior to termination"). Its state (`get_state` / `set_state`) is saved
+    with every checkpoint, so a resumed run continues the same count.
+
+    Args:
+        monitor: the logged quantity to watch (default ``val_top1_error``).
+        factor: multiplier of the rate (0.1).
+        patience: epochs without improvement before a reduction.
+        max_reductions: at most this many reductions (3).
+        min_delta: an improvement must be larger than this.
+        verbose: print each reduction.
+    """
+
+    def __init__(self, monitor=MONITOR, factor=0.1, patience=5, max_reductions=3, min_delta=0.0, verbose=1):
+        super().__init__()
+        if not 0 < factor < 1:
+            raise ValueError(f"factor must be in (0, 1), got {factor}.")
+        if patience < 1:
+            raise ValueError(f"patience must be >= 1, got {patience}.")
+        self.monitor = monitor
+        self.factor = factor
+        self.patience = patience
+        self.max_reductions = max_reductions
+        self.min_delta = min_delta
+        self.verbose = verbose
+        self.best = float("inf")
+        self.wait = 0
+        self.reductions = 0
+
+    def get_state(self):
+        return {"best": self.best, "wait": self.wait, "reductions": self.reductions}
+
+    def set_state(self, state):
+        self.best, self.wait, self.reductions = float(state["best"]), int(state["wait"]), int(state["reductions"])
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = logs if logs is not None else {}
+        current = logs.get(self.monitor)
+        if current is None:
+            raise KeyError(f"PlateauSchedule watches {self.monitor!r}, which was not logged; have {sorted(logs)}.")
+        if current < self.best - self.min_delta:
+            self.best, self.wait = float(current), 0
+            return
+        self.wait += 1
+        if self.wait >= self.patience and self.reductions < self.max_reductions:
+            old = _lr(self.model)
+            _set_lr(self.model, old * self.factor)
+            self.reductions += 1
+            self.wait = 0
+            if self.verbose:
+                print(f"Epoch {epoch + 1}: {self.monitor} has not improved for {self.patience} epochs: "
+                      f"learning rate {old:.3g} -> {old * self.factor:.3g} (reduction {self.reductions}/{self.max_reductions}).")
+
+
+class StepSchedule(keras.callbacks.Callback):
+    """Multiplies the base rate by ``factor`` at each of ``steps`` (0-based epochs).
+
+    The rate of epoch ``e`` is ``base * factor ** len([s for s in steps if s <= e])``,
+    a pure function of the epoch, so a resumed run needs no state.
+    """
+
+    def __init__(self, base, steps, factor=0.1):
+        super().__init__()
+        self.base, self.steps, self.factor = base, tuple(steps), factor
+
+    def rate(self, epoch):
+        return self.base * self.factor ** sum(1 for s in self.steps if s <= epoch)
+
+    def on_epoch_begin(self, epoch, logs=None):
+        _set_lr(self.model, self.rate(epoch))
+
+
+class EpochInfo(keras.callbacks.Callback):
+    """Adds the epoch's learning rate and wall time to the logs."""
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._lr, self._start = _lr(self.model), time.time()
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is not None:
+            logs["lr"] = self._lr
+            logs["seconds"] = time.time() - self._start
+
+
+# Files that survive a kill -------------------------------------------------------------
+
+
+def _fsync_dir(path):
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_write_text(path, text):
+    """Writes ``text`` to ``path`` so that a reader sees the old or the new file, whole."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
+
+
+def atomic_save_model(model, path):
+    """`model.save(path)` through a temporary file and an atomic rename."""
+    path = Path(path)
+    tmp = path.with_name(f".tmp-{path.name}")  # keeps the .keras suffix Keras wants
+    model.save(tmp)
+    with open(tmp, "rb") as f:
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
+
+
+def _atomic_link_or_copy(src, dst):
+    dst = Path(dst)
+    tmp = dst.with_name(f".tmp-{dst.name}")
+    if tmp.exists():
+        tmp.unlink()
+    try:
+        os.link(src, tmp)
+    except OSError:
+        shutil.copyfile(src, tmp)
+    os.replace(tmp, dst)
+    _fsync_dir(dst.parent)
+
+
+METRIC_COLUMNS = ("epoch", "loss", "top1_error", "top5_error", "val_loss", "val_top1_error",
+                  "val_top5_error", "lr", "skipped_files", "seconds")
+
+
+def metrics_csv(history):
+    """The per-epoch history as CSV text (known columns first, then any others)."""
+    extra = sorted({k for row in history for k in row} - set(METRIC_COLUMNS))
+    columns = [c for c in METRIC_COLUMNS if any(c in row for row in history)] + extra
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=columns, extrasaction="ignore")
+    writer.writeheader()
+    for row in history:
+        writer.writerow({k: row.get(k, "") for k in columns})
+    return out.getvalue()
+
+
+class RunCheckpoint(keras.callbacks.Callback):
+    """Writes the resumable state of a run at the end of every epoch, kill-safe.
+
+    Order of writes, each one atomic (temporary file, fsync, rename):
+
+    1. ``checkpoints/epoch-NNNN.keras``: model, optimizer state (momentum, iteration
+       count, learning rate);
+    2. ``checkpoints/epoch-NNNN.json``: epoch count, the per-epoch history and the state
+       of stateful callbacks (the plateau schedule);
+    3. ``checkpoint.json``: the pointer to the pair above;
+    4. ``last.keras`` (a hard link), ``best.keras`` on a new best, ``metrics.csv``;
+       then older checkpoint pairs are deleted.
+
+    A kill at any moment leaves ``checkpoint.json`` pointing at a complete pair: the
+    newest one if step 3 finished, else the previous one (never deleted before step 3).
+
+    Args:
+        run_dir: the run directory.
+        stateful: dict of name -> callback with ``get_state`` / ``set_state``.
+        history: list of per-epoch log dicts, continued on resume.
+        monitor: the quantity that decides ``best.keras`` (lower is better).
+        is_chief: the chief worker of multi-worker training writes to ``run_dir``; the
+            others write the same files to ``run_dir/workers/<index>`` (so that every
+            worker takes part in the same save, and tests can compare the replicas).
+        worker_index: this worker's index.
+    """
+
+    def __init__(self, run_dir, stateful=None, history=None, monitor=MONITOR, is_chief=True, worker_index=0):
+        super().__init__()
+        self.run_dir = Path(run_dir) if is_chief else Path(run_dir) / "workers" / str(worker_index)
+        self.stateful = stateful or {}
+        self.history = history if history is not None else []
+        self.monitor = monitor
+        self.is_chief = is_chief
+        best = [r[monitor] for r in self.history if r.get(monitor) is not None]
+        self.best = min(best) if best else float("inf")
+
+    def on_epoch_end(self, epoch, logs=None):
+        row = {"epoch": epoch + 1}
+        row.update({k: float(v) for k, v in (logs or {}).items()})
+        self.history.append(row)
+        ckpt_dir = self.run_dir / "checkpoints"
+        ckpt_dir.mkdir(parents=True, exist_ok=True)
+        stem = f"epoch-{epoch + 1:04d}"
+        atomic_save_model(self.model, ckpt_dir / f"{stem}.keras")
+        state = {
+            "epoch": epoch + 1,
+            "history": self.history,
+            "callbacks": {name: cb.get_state() for name, cb in self.stateful.items()},
+        }
+        atomic_write_text(ckpt_dir / f"{stem}.json", json.dumps(state, indent=1))
+        pointer = {"epoch": epoch + 1, "model": f"checkpoints/{stem}.keras", "state": f"checkpoints/{stem}.json"}
+        atomic_write_text(self.run_dir / "checkpoint.json", json.dumps(pointer, indent=1))
+        _atomic_link_or_copy(ckpt_dir / f"{stem}.keras", self.run_dir / "last.keras")
+        current = row.get(self.monitor)
+        if current is not None and current < self.best:
+            self.best = current
+            _atomic_link_or_copy(ckpt_dir / f"{stem}.keras", self.run_dir / "best.keras")
+        atomic_write_text(self.run_dir / "metrics.csv", metrics_csv(self.history))
+        for old in ckpt_dir.glob("epoch-*"):
+            if not old.name.startswith(stem):
+                old.unlink(missing_ok=True)
+
+
+def read_checkpoint(run_dir):
+    """The resumable state of ``run_dir``, or None when it has none.
+
+    Returns:
+        ``(model_path, state)``: the ``.keras`` file and the dict written by
+        `RunCheckpoint` (``epoch``, ``history``, ``callbacks``).
+    """
+    run_dir = Path(run_dir)
+    pointer = run_dir / "checkpoint.json"
+    if not pointer.is_file():
+        return None
+    ptr = json.loads(pointer.read_text())
+    state = json.loads((run_dir / ptr["state"]).read_text())
+    return run_dir / ptr["model"], state
+
+
+def restore_into(model, model_path):
+    """Copies weights and optimizer state from a checkpoint into a compiled ``model``."""
+    saved = keras.models.load_model(model_path, compile=True)
+    model.set_weights(saved.get_weights())
+    model.optimizer.build(model.trainable_variables)
+    saved_vars, own_vars = saved.optimizer.variables, model.optimizer.variables
+    if len(saved_vars) != len(own_vars):
+        raise ValueError(
+            f"{model_path}: the checkpoint's optimizer has {len(saved_vars)} variables, this run's "
+            f"{len(own_vars)}; was it written with another --precision or optimizer?")
+    for own, value in zip(own_vars, saved_vars):
+        own.assign(value)
+
+
+# Distribution --------------------------------------------------------------------------
+
+
+def make_strategy(kind="auto"):
+    """The `tf.distribute` strategy for ``kind``.
+
+    ``"auto"``: `MultiWorkerMirroredStrategy` when ``TF_CONFIG`` names a cluster of more
+    than one worker, `MirroredStrategy` with several GPUs, else the default strategy.
+    ``"mirrored"``, ``"multi-worker"``, ``"default"`` force one.
+    """
+    tf_config = json.loads(os.environ.get("TF_CONFIG", "{}") or "{}")
+    workers = tf_config.get("cluster", {}).get("worker", [])
+    if kind == "auto":
+        if len(workers) > 1:
+            kind = "multi-worker"
+        elif len(tf.config.list_logical_devices("GPU")) > 1:
+            kind = "mirrored"
+        else:
+            kind = "default"
+    if kind == "multi-worker":
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    if kind == "mirrored":
+        return tf.distribute.MirroredStrategy()
+    if kind == "default":
+        return tf.distribute.get_strategy()
+    raise ValueError(f"unknown strategy {kind!r}")
+
+
+def worker_info(strategy):
+    """``(num_workers, worker_index, is_chief)`` of this process."""
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if resolver is None or not resolver.cluster_spec().as_dict():
+        return 1, 0, True
+    num = resolver.cluster_spec().num_tasks("worker")
+    index = resolver.task_id or 0
+    return num, index, index == 0
+
+
+# The run -------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class RunSettings:
+    """How a run executes (not what it computes)."""
+
+    output_dir: str = "runs/default"
+    precision: str = "float32"  # "float32", "mixed_bfloat16", "mixed_float16"
+    xla: bool = False
+    steps_per_execution: int = 1
+    grouping: str = "towers"
+    devices: tuple = None
+    strategy: str = "auto"
+    stats_max_images: int = 50_000
+    max_steps_per_epoch: int = None
+    verbose: int = 1
+
+
+def _prepare_stats(train_source, recipe, run_dir, stats_path, max_images, is_chief):
+    """Loads ``stats_path``, the run's own ``stats.npz``, or computes and saves it."""
+    own = run_dir / "stats.npz"
+    if stats_path:
+        stats = stats_lib.load_stats(stats_path)
+    elif own.is_file():
+        stats = stats_lib.load_stats(own)
+    else:
+        if recipe.mean == "none" and not recipe.pca_stddev:
+            return None
+        print(f"Computing dataset statistics (mean image, RGB PCA) on up to {max_images} images "
+              f"of {train_source.location} ...", flush=True)
+        stats = stats_lib.compute_stats(train_source, max_images=max_images, resize_size=recipe.resize_size)
+    if stats.resize_size != recipe.resize_size:
+        print(f"Note: statistics were computed at {stats.resize_size}px; the mean image is resized to "
+              f"{recipe.resize_size}px.")
+    if is_chief and not own.is_file():
+        stats.save(own)
+    return stats
+
+
+def _datasets(recipe, train_source, val_source, stats, counter, num_workers, worker_index,
+              seed_offset=0, pca=True, max_steps=None):
+    train_ds = data_lib.training_dataset(
+        train_source,
+        recipe.batch_size // num_workers,
+        stats=stats,
+        mean=recipe.mean,
+        crop_size=recipe.crop_size,
+        resize_size=recipe.resize_size,
+        pca_stddev=recipe.pca_stddev if pca else 0.0,
+        seed=recipe.seed + seed_offset,
+        num_shards=num_workers,
+        shard_index=worker_index,
+        counter=counter,
+    )
+    val_ds = data_lib.evaluation_dataset(
+        val_source,
+        recipe.batch_size // num_workers,
+        stats=stats,
+        mean=recipe.mean,
+        crop_size=recipe.crop_size,
+        resize_size=recipe.resize_size,
+        num_shards=num_workers,
+        shard_index=worker_index,
+    )
+    if max_steps:  # a short epoch (smoke tests, benchmarks): each epoch a fresh pass
+        train_ds = train_ds.take(max_steps)
+    return train_ds, val_ds
+
+
+def build_model(recipe, num_classes, grouping="towers", devices=None, classifier_activation="softmax"):
+    """`AlexNet` with the recipe's architecture, initialisation and weight decay."""
+    return AlexNet(
+        classes=num_classes,
+        grouping=grouping,
+        devices=devices,
+        kernel_regularizer=paper_regularizer(recipe.weight_decay),
+        seed=recipe.seed,
+        classifier_activation=classifier_activation,
+        **recipe.model_kwargs(),
+    )
+
+
+def compile_model(model, recipe, settings):
+    model.compile(
+        optimizer=paper_optimizer(recipe),
+        loss=keras.losses.SparseCategoricalCrossentropy(),
+        metrics=error_metrics(),
+        jit_compile=settings.xla,
+        steps_per_execution=settings.steps_per_execution,
+    )
+    return model
+
+
+def _check_same_config(run_dir, config):
+    path = run_dir / "config.json"
+    if not path.is_file():
+        return
+    saved = json.loads(path.read_text())
+    config = json.loads(json.dumps(config, default=str))  # tuples -> lists, as saved
+    changed = {k for k in ("recipe", "data") if saved.get(k) != config.get(k)}
+    if changed:
+        diffs = []
+        for key in sorted(changed):
+            a, b = saved.get(key) or {}, config.get(key) or {}
+            diffs += [f"{key}.{f}: {a.get(f)!r} -> {b.get(f)!r}" for f in sorted(set(a) | set(b)) if a.get(f) != b.get(f)]
+        raise ValueError(
+            f"{run_dir} holds a run with another configuration ({'; '.join(diffs)}). "
+            "Use the same flags to resume it, or another --output-dir for a new run.")
+
+
+def train(recipe, train_source, val_source, settings, stats_path=None, data_description=None, strategy=None):
+    """Trains (or resumes) a run and returns its summary dict.
+
+    Args:
+        recipe: a `keras_alexnet.recipes.Recipe`.
+        train_source, val_source: `keras_alexnet.data.Source` s.
+        settings: `RunSettings`.
+        stats_path: an ``.npz`` from ``python -m keras_alexnet.stats``; None computes
+            (and saves) the statistics of the training source.
+        data_description: JSON-ready description of the data, saved in the config.
+        strategy: a `tf.distribute.Strategy`; default `make_strategy(settings.strategy)`.
+            `MultiWorkerMirroredStrategy` must be created before TensorFlow runs any op
+            (before the sources are listed), so scripts create it first.
+
+    Returns:
+        The dict also written to ``summary.json``.
+    """
+    run_dir = Path(settings.output_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    keras.mixed_precision.set_global_policy(settings.precision)
+    if strategy is None:
+        strategy = make_strategy(settings.strategy)
+    num_workers, worker_index, is_chief = worker_info(strategy)
+    if recipe.batch_size % num_workers:
+        raise ValueError(f"batch size {recipe.batch_size} is not divisible by {num_workers} workers.")
+
+    config = {
+        "recipe": recipe.to_dict(),
+        "data": data_description or {"train": train_source.location, "val": val_source.location},
+        "settings": dataclasses.asdict(settings),
+        "num_classes": train_source.num_classes,
+        "class_names": list(train_source.class_names),
+        "class_index": train_source.class_index,
+        "versions": {"tensorflow": tf.__version__, "keras": keras.__version__},
+    }
+    _check_same_config(run_dir, config)
+    if is_chief:
+        atomic_write_text(run_dir / "config.json", json.dumps(config, indent=2, default=str))
+
+    stats = _prepare_stats(train_source, recipe, run_dir, stats_path, settings.stats_max_images, is_chief)
+
+    with strategy.scope():
+        model = build_model(recipe, train_source.num_classes, settings.grouping, settings.devices)
+        compile_model(model, recipe, settings)
+
+    plateau = None
+    callbacks = [EpochInfo()]
+    if recipe.schedule == "plateau":
+        plateau = PlateauSchedule(MONITOR, recipe.lr_factor, recipe.plateau_patience, recipe.max_lr_reductions)
+        callbacks.append(plateau)
+    elif recipe.schedule == "steps":
+        callbacks.append(StepSchedule(recipe.learning_rate, recipe.lr_steps, recipe.lr_factor))
+    else:
+        raise ValueError(f"unknown schedule {recipe.schedule!r}")
+
+    history, initial_epoch = [], 0
+    resumed = read_checkpoint(run_dir)
+    if resumed is not None:
+        model_path, state = resumed
+        with strategy.scope():
+            restore_into(model, model_path)
+        history, initial_epoch = state["history"], state["epoch"]
+        if plateau is not None and "plateau" in state["callbacks"]:
+            plateau.set_state(state["callbacks"]["plateau"])
+        print(f"Resuming {run_dir} after epoch {initial_epoch} (learning rate {_lr(model):.3g}).", flush=True)
+
+    counter = data_lib.SkipCounter()
+    callbacks.append(data_lib.SkipReport(counter, len(train_source.non_image_files)))
+    checkpoint = RunCheckpoint(run_dir, {"plateau": plateau} if plateau else {}, history, MONITOR, is_chief, worker_index)
+    # The checkpoint goes after every callback that adds to the logs or changes state.
+    callbacks += [checkpoint]
+    if is_chief:
+        callbacks.append(keras.callbacks.TensorBoard(str(run_dir / "tensorboard"), write_graph=False))
+
+    start = time.time()
+    # Phases: the 2012 code switches PCA noise off at an epoch; a new dataset per phase.
+    boundaries = [initial_epoch]
+    if recipe.pca_off_epoch and initial_epoch < recipe.pca_off_epoch < recipe.epochs:
+        boundaries.append(recipe.pca_off_epoch)
+    boundaries.append(recipe.epochs)
+    for begin, end in zip(boundaries[:-1], boundaries[1:]):
+        if begin >= end:
+            continue
+        pca_on = not (recipe.pca_off_epoch and begin >= recipe.pca_off_epoch)
+        train_ds, val_ds = _datasets(recipe, train_source, val_source, stats, counter,
+                                     num_workers, worker_index, seed_offset=begin, pca=pca_on,
+                                     max_steps=settings.max_steps_per_epoch)
+        model.fit(
+            train_ds,
+            validation_data=val_ds,
+            epochs=end,
+            initial_epoch=begin,
+            callbacks=callbacks,
+            verbose=settings.verbose,
+        )
+    seconds = time.time() - start
+
+    summary = summarize(run_dir, history, train_source, val_source, seconds, counter)
+    if is_chief:
+        atomic_write_text(run_dir / "summary.json", json.dumps(summary, indent=2))
+    return summary
+
+
+def summarize(run_dir, history, train_source, val_source, seconds, counter):
+    if not history:
+        raise RuntimeError(f"{run_dir}: no epoch finished.")
+    best = min(history, key=lambda r: r.get(MONITOR, float("inf")))
+    last = history[-1]
+    trained_images = train_source.num_examples * (len(history))
+    return {
+        "run_dir": str(run_dir),
+        "epochs": last["epoch"],
+        "final": {k: last.get(k) for k in ("loss", "top1_error", "top5_error", "val_loss", "val_top1_error", "val_top5_error", "lr")},
+        "best": {"epoch": best["epoch"], "val_top1_error": best.get("val_top1_error"), "val_top5_error": best.get("val_top5_error")},
+        "train_images": train_source.num_examples,
+        "val_images": val_source.num_examples,
+        "num_classes": train_source.num_classes,
+        "skipped_files_this_session": counter.skipped,
+        "training_seconds_this_session": seconds,
+        "total_epoch_seconds": sum(r.get("seconds", 0.0) for r in history),
+        "images_seen": trained_images,
+        "best_model": str(run_dir / "best.keras"),
+        "last_model": str(run_dir / "last.keras"),
+    }

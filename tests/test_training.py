@@ -1,0 +1,234 @@
+"""The training recipe: the paper's update rule, the plateau schedule, kill-safe resume."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import keras_alexnet
+from keras_alexnet import recipes, synthetic, training
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def tiny_paper_model(weight_decay=0.0005, seed=0):
+    recipe = recipes.resolve("paper", dict(dropout=0.0, fc_units=16, crop_size=67, weight_decay=weight_decay, seed=seed))
+    model = training.build_model(recipe, num_classes=5)
+    training.compile_model(model, recipe, training.RunSettings())
+    return model, recipe
+
+
+def test_sgd_steps_equal_numpy_transcription_of_paper_update_rule():
+    # §5: v <- 0.9 v - wd lr w - lr dL/dw ;  w <- w + v   (weight decay on the kernels).
+    # A large decay (0.5 instead of 0.0005) makes the decay term 25x the tolerance, so the
+    # test tells the paper's rule from no decay and from Keras' doubled L2 gradient.
+    wd = 0.5
+    model, recipe = tiny_paper_model(weight_decay=wd)
+    rng = np.random.default_rng(0)
+    x = rng.normal(0, 50, (6, 67, 67, 3)).astype(np.float32)
+    y = np.array([0, 1, 2, 3, 4, 0])
+    lr, mu = recipe.learning_rate, recipe.momentum
+    decayed = ["kernel" in w.path for w in model.trainable_weights]
+    assert sum(decayed) == 5 * 2 + 3  # conv1..5 (two towers each) + fc6, fc7, fc8
+    # References for decay factors 1 (the paper), 0 and 2, each from the same gradients.
+    refs = {f: [w.numpy().astype(np.float64) for w in model.trainable_weights] for f in (1.0, 0.0, 2.0)}
+    vels = {f: [np.zeros_like(w) for w in refs[f]] for f in refs}
+    for step in range(3):
+        # dL/dw of the data term, by an independent tape at the model's current weights.
+        with tf.GradientTape() as tape:
+            probs = model(x, training=False)
+            data_loss = tf.reduce_mean(keras.losses.sparse_categorical_crossentropy(y, probs))
+        grads = [g.numpy().astype(np.float64) for g in tape.gradient(data_loss, model.trainable_weights)]
+        current = [w.numpy().astype(np.float64) for w in model.trainable_weights]
+        for f in refs:
+            for i, (w, g) in enumerate(zip(current, grads)):
+                vels[f][i] = mu * vels[f][i] - (f * wd * lr * w if decayed[i] else 0.0) - lr * g
+                refs[f][i] = w + vels[f][i]
+        model.train_on_batch(x, y)
+        for i, w_model in enumerate(model.trainable_weights):
+            got = w_model.numpy()
+            tol = 1e-6 + 1e-4 * np.abs(got).max()
+            np.testing.assert_allclose(got, refs[1.0][i], rtol=0, atol=tol, err_msg=f"{w_model.path}, step {step + 1}")
+            if decayed[i]:
+                for f in (0.0, 2.0):
+                    assert np.abs(got - refs[f][i]).max() > 10 * tol, (w_model.path, f)
+
+
+def test_keras_l2_factor_is_half_the_paper_decay():
+    reg = training.paper_regularizer(0.0005)
+    w = tf.Variable(np.ones((3,), np.float32) * 2.0)
+    with tf.GradientTape() as tape:
+        penalty = reg(w)
+    np.testing.assert_allclose(tape.gradient(penalty, w).numpy(), 0.0005 * 2.0, rtol=1e-6)
+
+
+# The plateau schedule ------------------------------------------------------------------
+
+
+class _FakeModel:
+    def __init__(self, lr):
+        self.optimizer = keras.optimizers.SGD(learning_rate=lr)
+
+
+def drive(callback, errors, start_epoch=0):
+    rates = []
+    for epoch, err in enumerate(errors, start=start_epoch):
+        callback.on_epoch_end(epoch, {"val_top1_error": err})
+        rates.append(float(callback.model.optimizer.learning_rate.numpy()))
+    return rates
+
+
+def test_plateau_divides_by_ten_after_patience_epochs_at_most_three_times():
+    cb = training.PlateauSchedule(patience=2, max_reductions=3, verbose=0)
+    cb.set_model(_FakeModel(0.01))
+    # Improves, then stalls: epochs 3 and 4 without improvement -> /10 after epoch 4.
+    rates = drive(cb, [0.9, 0.8, 0.8, 0.85, 0.7, 0.75, 0.75, 0.8, 0.8, 0.9, 0.9, 0.9, 0.9, 0.9])
+    expected = [0.01, 0.01, 0.01, 1e-3, 1e-3, 1e-3, 1e-4, 1e-4, 1e-5, 1e-5, 1e-5, 1e-5, 1e-5, 1e-5]
+    np.testing.assert_allclose(rates, expected, rtol=1e-6)
+    assert cb.reductions == 3  # and never a fourth time
+
+
+def test_plateau_state_survives_a_resume():
+    first = training.PlateauSchedule(patience=3, verbose=0)
+    first.set_model(_FakeModel(0.01))
+    drive(first, [0.9, 0.8, 0.85, 0.85])  # two epochs without improvement so far
+    state = json.loads(json.dumps(first.get_state()))  # as written to the checkpoint
+    resumed = training.PlateauSchedule(patience=3, verbose=0)
+    resumed.set_model(_FakeModel(0.01))
+    resumed.set_state(state)
+    # One more epoch without improvement is the third: the rate drops at once.
+    assert drive(resumed, [0.85], start_epoch=4) == pytest.approx([1e-3])
+    fresh = training.PlateauSchedule(patience=3, verbose=0)
+    fresh.set_model(_FakeModel(0.01))
+    assert drive(fresh, [0.85]) == pytest.approx([0.01])
+
+
+def test_step_schedule_of_the_2012_code():
+    cb = training.StepSchedule(0.01, (25, 51, 79))
+    assert [cb.rate(e) for e in (0, 24, 25, 50, 51, 78, 79, 90)] == pytest.approx(
+        [0.01, 0.01, 1e-3, 1e-3, 1e-4, 1e-4, 1e-5, 1e-5])
+
+
+def test_presets_are_data_with_sources():
+    paper = recipes.preset("paper")
+    assert (paper.batch_size, paper.learning_rate, paper.momentum, paper.weight_decay) == (128, 0.01, 0.9, 0.0005)
+    assert (paper.lrn_bias, paper.lrn_alpha, paper.positive_bias, paper.weight_stddev) == (2.0, 1e-4, 1.0, 0.01)
+    original = recipes.preset("original")
+    assert original.lrn_alpha == 2e-5 and original.lr_steps == (25, 51, 79) and original.pca_off_epoch == 67
+    assert original.weight_stddev["conv3"] == 0.03
+    caffe = recipes.preset("caffe")
+    assert (caffe.positive_bias, caffe.lrn_bias, caffe.pca_stddev, caffe.batch_size) == (0.1, 1.0, 0.0, 256)
+    for name in recipes.PRESETS:
+        assert all(isinstance(src, str) and src for src in recipes.preset_sources(name).values())
+    # A flag overrides a preset field by field.
+    assert recipes.resolve("caffe", {"batch_size": 64, "epochs": None}).batch_size == 64
+    with pytest.raises(ValueError, match="unknown preset"):
+        recipes.preset("vgg")
+
+
+# Whole runs in subprocesses ------------------------------------------------------------
+
+TINY_FLAGS = ["--preset", "tiny", "--resize-size", "72", "--crop-size", "67", "--fc-units", "32",
+              "--batch-size", "8", "--quiet"]
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("synthetic")
+    return synthetic.make_dataset(root, num_classes=3, train_per_class=24, val_per_class=6, size=64)
+
+
+def run_train(args, **kwargs):
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+    return subprocess.run([sys.executable, str(REPO / "train.py"), *args], env=env, capture_output=True,
+                          text=True, timeout=600, **kwargs)
+
+
+def test_bad_flags_and_paths_exit_2_with_a_message(tmp_path):
+    proc = run_train(["--data-dir", str(tmp_path / "nowhere")])
+    assert proc.returncode == 2 and "nowhere does not exist" in proc.stderr
+    proc = run_train(["--epochs", "0"])
+    assert proc.returncode == 2 and "--epochs" in proc.stderr
+    (tmp_path / "empty" / "train").mkdir(parents=True)
+    proc = run_train(["--data-dir", str(tmp_path / "empty"), "--output-dir", str(tmp_path / "run")])
+    assert proc.returncode == 2 and str(tmp_path / "empty") in proc.stderr
+    assert not (tmp_path / "run" / "checkpoint.json").exists()
+
+
+def check_finished_run(run_dir, epochs):
+    rows = (run_dir / "metrics.csv").read_text().strip().splitlines()
+    assert [int(float(r.split(",")[0])) for r in rows[1:]] == list(range(1, epochs + 1))
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["epochs"] == epochs
+    model = keras.models.load_model(run_dir / "last.keras")
+    assert isinstance(model, keras_alexnet.AlexNetModel)
+    assert keras.models.load_model(run_dir / "best.keras").count_params() == model.count_params()
+    assert len(list((run_dir / "checkpoints").glob("epoch-*.keras"))) == 1
+    config = json.loads((run_dir / "config.json").read_text())
+    assert config["recipe"]["epochs"] == epochs and config["class_names"] == ["disc", "square", "triangle"]
+
+
+@pytest.mark.e2e
+def test_killed_run_resumes_with_the_same_command(tmp_path, tiny_data):
+    """One run killed three times, at three kinds of moment, then finished by the same command."""
+    run_dir = tmp_path / "run"
+    flags = ["--data-dir", str(tiny_data), "--output-dir", str(run_dir), "--epochs", "4", *TINY_FLAGS]
+    kills = [
+        ("batch:2:4", 1),                   # SIGKILL in the middle of epoch 2
+        ("torn:epoch-0003.keras", 2),       # half of epoch 3's model file written
+        ("replace:checkpoint.json:1", 2),   # epoch 3's model and state written, pointer not
+    ]
+    for kill_at, resumes_after in kills:
+        env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", KILL_AT=kill_at)
+        killed = subprocess.run([sys.executable, str(REPO / "tests" / "kill_worker.py"), *flags], env=env,
+                                capture_output=True, text=True, timeout=600)
+        assert killed.returncode == -signal.SIGKILL, (kill_at, killed.stderr[-2000:])
+        pointer = json.loads((run_dir / "checkpoint.json").read_text())
+        assert pointer["epoch"] == resumes_after, kill_at
+        # What a kill leaves behind is loadable: the checkpoint the pointer names.
+        keras.models.load_model(run_dir / pointer["model"])
+    resumed = run_train(flags)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"Resuming {run_dir} after epoch 2" in resumed.stdout
+    check_finished_run(run_dir, 4)
+
+
+@pytest.mark.e2e
+def test_external_sigkill_during_training_then_resume(tmp_path, tiny_data):
+    run_dir = tmp_path / "run"
+    flags = ["--data-dir", str(tiny_data), "--output-dir", str(run_dir), "--epochs", "5", *TINY_FLAGS]
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+    proc = subprocess.Popen([sys.executable, str(REPO / "train.py"), *flags], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while not (run_dir / "checkpoint.json").exists():
+        assert proc.poll() is None and time.time() < deadline, "training ended before its first checkpoint"
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)  # somewhere in epoch 2 (or its checkpoint)
+    proc.wait()
+    done = json.loads((run_dir / "checkpoint.json").read_text())["epoch"]
+    assert 1 <= done < 5
+    resumed = run_train(flags)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    check_finished_run(run_dir, 5)
+    # The plateau state and learning rate came back too: the history is continuous.
+    history = json.loads((run_dir / json.loads((run_dir / "checkpoint.json").read_text())["state"]).read_text())
+    assert [r["epoch"] for r in history["history"]] == [1, 2, 3, 4, 5]
+    assert set(history["callbacks"]["plateau"]) == {"best", "wait", "reductions"}
+
+
+def test_resuming_with_another_configuration_is_refused(tmp_path, tiny_data):
+    run_dir = tmp_path / "run"
+    flags = ["--data-dir", str(tiny_data), "--output-dir", str(run_dir), "--epochs", "1", *TINY_FLAGS,
+             "--max-steps-per-epoch", "2"]
+    assert run_train(flags).returncode == 0
+    proc = run_train([*flags, "--lr", "0.5"])
+    assert proc.returncode == 2 and "learning_rate" in proc.stderr and str(run_dir) in proc.stderr

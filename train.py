@@ -1,0 +1,168 @@
+"""Train AlexNet with the paper's recipe (or another preset) on model.fit.
+
+    python train.py                                  # built-in default: a small dataset
+                                                     # it draws itself, ~3 min on 2 cores
+    python train.py --data-dir /data/imagenet        # DIR/train/<wnid>/*.JPEG, DIR/val/...
+    python train.py --tfds imagenette --data-dir ~/tensorflow_datasets
+    python train.py --data-dir DIR --preset original # Krizhevsky's 2012 code
+
+Run the same command again to resume a killed run. See README.md for every flag.
+"""
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+PRESETS = ("paper", "original", "caffe", "tiny")
+
+
+def positive_int(text):
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
+
+
+def non_negative_float(text):
+    value = float(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
+    return value
+
+
+def int_list(text):
+    try:
+        return tuple(int(t) for t in text.split(",") if t.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated epochs like 25,51,79, got {text!r}")
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    d = p.add_argument_group("data")
+    d.add_argument("--data-dir", help="ImageNet-style folder (with train/ and val/), or the TFDS data dir with --tfds. "
+                   "Without it and --tfds: the built-in synthetic dataset.")
+    d.add_argument("--tfds", metavar="NAME", help="a prepared TFDS dataset, e.g. imagenet2012 or imagenette")
+    d.add_argument("--manual-dir", help="TFDS manual dir holding ILSVRC2012_img_{train,val}.tar")
+    d.add_argument("--train-split", default="train")
+    d.add_argument("--val-split", default="val")
+    d.add_argument("--class-index", choices=("auto", "imagenet", "compact"), default="auto",
+                   help="imagenet: 1000 ImageNet indices for wnid folders; compact: 0..K-1 (default: auto)")
+    d.add_argument("--stats", help=".npz from `python -m keras_alexnet.stats` (default: compute and save in the run)")
+    d.add_argument("--stats-max-images", type=positive_int, default=50_000)
+
+    r = p.add_argument_group("recipe (a preset, then these overrides)")
+    r.add_argument("--preset", choices=PRESETS, default=None,
+                   help="paper (default with data), original (2012 code), caffe (bvlc_alexnet), tiny (default without data)")
+    r.add_argument("--epochs", type=positive_int)
+    r.add_argument("--batch-size", type=positive_int)
+    r.add_argument("--lr", dest="learning_rate", type=non_negative_float)
+    r.add_argument("--momentum", type=non_negative_float)
+    r.add_argument("--weight-decay", type=non_negative_float)
+    r.add_argument("--schedule", choices=("plateau", "steps"))
+    r.add_argument("--patience", dest="plateau_patience", type=positive_int, help="plateau epochs before lr / 10")
+    r.add_argument("--max-lr-reductions", type=int)
+    r.add_argument("--lr-steps", type=int_list, help="with --schedule steps: epochs, e.g. 25,51,79")
+    r.add_argument("--mean", choices=("image", "channel", "none"))
+    r.add_argument("--pca-stddev", type=non_negative_float)
+    r.add_argument("--resize-size", type=positive_int)
+    r.add_argument("--crop-size", type=positive_int)
+    r.add_argument("--fc-units", type=positive_int)
+    r.add_argument("--lrn-alpha", type=non_negative_float)
+    r.add_argument("--lrn-bias", type=non_negative_float)
+    r.add_argument("--no-lrn", dest="lrn", action="store_false", default=None)
+    r.add_argument("--positive-bias", type=float)
+    r.add_argument("--dropout", type=non_negative_float)
+    r.add_argument("--seed", type=int)
+
+    s = p.add_argument_group("run")
+    s.add_argument("--output-dir", help="run directory (default runs/<preset or default>)")
+    s.add_argument("--precision", choices=("float32", "mixed_bfloat16", "mixed_float16"), default="float32")
+    s.add_argument("--xla", action="store_true", help="compile the train step with XLA")
+    s.add_argument("--steps-per-execution", type=positive_int, default=1)
+    s.add_argument("--grouping", choices=("towers", "grouped", "none"), default="towers")
+    s.add_argument("--devices", help="two devices for the towers, e.g. /GPU:0,/GPU:1 (default: two GPUs if present)")
+    s.add_argument("--strategy", choices=("auto", "default", "mirrored", "multi-worker"), default="auto")
+    s.add_argument("--max-steps-per-epoch", type=positive_int, help="cap steps per epoch (smoke runs)")
+    s.add_argument("--quiet", action="store_true", help="no progress bars")
+    args = p.parse_args(argv)
+
+    if args.tfds and not args.data_dir:
+        p.error("--tfds needs --data-dir (the TFDS data directory); nothing is downloaded")
+    for flag in ("data_dir", "manual_dir", "stats"):
+        value = getattr(args, flag)
+        if value and not Path(value).expanduser().exists():
+            p.error(f"--{flag.replace('_', '-')}: {value} does not exist")
+    if args.devices:
+        args.devices = tuple(d.strip() for d in args.devices.split(","))
+        if len(args.devices) != 2:
+            p.error(f"--devices needs two device names, got {args.devices}")
+    return args, p
+
+
+def main(argv=None):
+    args, parser = parse_args(argv)
+    builtin = not args.data_dir and not args.tfds
+    preset = args.preset or ("tiny" if builtin else "paper")
+    output_dir = args.output_dir or f"runs/{'default' if builtin else preset}"
+
+    # Heavy imports only after the flags are known to be good.
+    from keras_alexnet import data, recipes, synthetic, training
+
+    # Multi-worker collectives must be configured before TensorFlow runs any op.
+    try:
+        strategy = training.make_strategy(args.strategy)
+    except (ValueError, RuntimeError) as e:
+        print(f"train.py: error: --strategy {args.strategy}: {e}", file=sys.stderr)
+        return 2
+    overrides = {k: getattr(args, k) for k in (
+        "epochs", "batch_size", "learning_rate", "momentum", "weight_decay", "schedule", "plateau_patience",
+        "max_lr_reductions", "lr_steps", "mean", "pca_stddev", "resize_size", "crop_size", "fc_units",
+        "lrn_alpha", "lrn_bias", "lrn", "positive_bias", "dropout", "seed")}
+    try:
+        recipe = recipes.resolve(preset, overrides)
+        if recipe.crop_size > recipe.resize_size:
+            raise ValueError(f"--crop-size {recipe.crop_size} is larger than --resize-size {recipe.resize_size}")
+        if builtin:
+            cache = Path(os.environ.get("KERAS_ALEXNET_CACHE", Path.home() / ".cache" / "keras_alexnet"))
+            data_dir = synthetic.make_dataset(cache / "synthetic")
+            print(f"No --data-dir: using the built-in synthetic dataset in {data_dir}", flush=True)
+        else:
+            data_dir = Path(args.data_dir).expanduser()
+        train_source = data.load_source(data_dir, args.train_split, tfds_name=args.tfds, manual_dir=args.manual_dir,
+                                        class_index=args.class_index)
+        val_source = data.load_source(data_dir, args.val_split, tfds_name=args.tfds, manual_dir=args.manual_dir,
+                                      class_index=args.class_index, class_names=train_source.class_names)
+        if val_source.num_classes != train_source.num_classes:
+            raise ValueError(f"{val_source.location} has {val_source.num_classes} classes, "
+                             f"{train_source.location} {train_source.num_classes}")
+        settings = training.RunSettings(
+            output_dir=output_dir, precision=args.precision, xla=args.xla,
+            steps_per_execution=args.steps_per_execution, grouping=args.grouping, devices=args.devices,
+            strategy=args.strategy, stats_max_images=args.stats_max_images,
+            max_steps_per_epoch=args.max_steps_per_epoch, verbose=0 if args.quiet else 1)
+        description = {"data_dir": str(data_dir), "tfds": args.tfds, "train_split": args.train_split,
+                       "val_split": args.val_split, "class_index": train_source.class_index, "preset": preset}
+    except (ValueError, FileNotFoundError) as e:  # bad paths, bad data, bad values
+        print(f"train.py: error: {e}", file=sys.stderr)
+        return 2
+
+    try:
+        summary = training.train(recipe, train_source, val_source, settings, args.stats, description, strategy)
+    except ValueError as e:
+        if "another configuration" in str(e):
+            print(f"train.py: error: {e}", file=sys.stderr)
+            return 2
+        raise
+    final, best = summary["final"], summary["best"]
+    print(f"\nValidation after {summary['epochs']} epochs: top-1 error {final['val_top1_error']:.2%}, "
+          f"top-5 error {final['val_top5_error']:.2%} "
+          f"(best top-1 {best['val_top1_error']:.2%} at epoch {best['epoch']}; "
+          f"chance: {1 - 1 / train_source.num_classes:.0%} top-1 over {train_source.num_classes} classes).")
+    print(f"Models: {summary['best_model']} (best), {summary['last_model']} (last); metrics in {output_dir}/metrics.csv")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -6,6 +6,7 @@ from keras_alexnet.layers import (
     OnDevice,
     PCAColorAugmentation,
 )
+from keras_alexnet.metrics import TopKError
 from keras_alexnet.model import (
     AlexNet,
     AlexNetModel,

@@ -6,7 +6,7 @@
   ("if multiple classes have the same prediction value and straddle the top-k
   boundary, all of those classes are considered to be in the top k"), so the numbers
   agree with the ``top1_error`` / ``top5_error`` logged during training
-  (`keras_alexnet.training.TopKError`). A row with a non-finite score counts as not
+  (`keras_alexnet.metrics.TopKError`). A row with a non-finite score counts as not
   found, also as `tf.math.in_top_k` does.
 - **Crops** (§4.1): the centre crop, or the paper's ten-crop protocol, "the network
   makes a prediction by extracting five 224x224 patches (the four corner patches and

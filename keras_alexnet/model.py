@@ -83,6 +83,24 @@ class AlexNetModel(keras.Model):
         if getattr(self, "optimizer", None) is not None and self.built:
             self.optimizer.build(self.trainable_variables)
 
+    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
+        # Under a strategy Keras 3.15 all-reduces (MEAN) the first distributed batch
+        # eagerly, only to learn its shapes; MultiWorkerMirroredStrategy fails there
+        # ("Attempt to convert a value (PerReplica ...) to a Tensor"). The first
+        # replica's local batch has the same shapes.
+        if self._distribute_strategy is None or iterator is None:
+            return super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
+        for _, _, it in iterator:
+            data_batch = tf.nest.map_structure(
+                lambda v: self.distribute_strategy.experimental_local_results(v)[0]
+                if isinstance(v, tf.distribute.DistributedValues)
+                else v,
+                next(it),
+            )
+            break
+        with self.distribute_strategy.scope():
+            self._symbolic_build(data_batch=data_batch)
+
     def train_step(self, data):
         if tf.executing_eagerly():
             return super().train_step(data)

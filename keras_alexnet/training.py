@@ -28,32 +28,10 @@ import tensorflow as tf
 from keras_alexnet import data as data_lib
 from keras_alexnet import recipes
 from keras_alexnet import stats as stats_lib
+from keras_alexnet.metrics import TopKError, error_metrics  # noqa: F401 (re-exported)
 from keras_alexnet.model import AlexNet
 
 MONITOR = "val_top1_error"
-
-
-# Metrics -------------------------------------------------------------------------------
-
-
-@keras.saving.register_keras_serializable(package="keras_alexnet")
-class TopKError(keras.metrics.SparseTopKCategoricalAccuracy):
-    """Top-k error rate, ``1 - top-k accuracy``, as the paper's tables report it.
-
-    A label counts as found when its score is among the ``k`` largest; ties at the k-th
-    place are resolved as `tf.math.in_top_k` documents (a label whose score ties the
-    k-th largest counts as found).
-    """
-
-    def __init__(self, k=5, name=None, **kwargs):
-        super().__init__(k=k, name=name or f"top{k}_error", **kwargs)
-
-    def result(self):
-        return 1.0 - super().result()
-
-
-def error_metrics():
-    return [TopKError(1), TopKError(5)]
 
 
 # Optimiser -----------------------------------------------------------------------------
@@ -361,6 +339,36 @@ def make_strategy(kind="auto"):
     raise ValueError(f"unknown strategy {kind!r}")
 
 
+def patch_keras_multi_worker_reduce():
+    """Works around Keras 3's logs reduction under `MultiWorkerMirroredStrategy`.
+
+    Keras 3.15 reduces every value a train step returns with
+    ``strategy.reduce("MEAN", v, axis=0)`` under multi-worker collectives; the logged
+    metrics are scalars, so ``model.fit`` fails with "Invalid reduction dimension 0 for
+    input with 0 dimensions" (tensorflow/tensorflow#72388, closed unfixed; its advice was
+    to go back to Keras 2). This reduces rank-0 values with ``axis=None``, everything
+    else as Keras does. Idempotent.
+    """
+    from keras.src.backend.tensorflow import trainer as tf_trainer
+
+    if getattr(tf_trainer, "_keras_alexnet_patched", False):
+        return
+    original = tf_trainer.reduce_per_replica
+
+    def reduce_per_replica(values, strategy, reduction):
+        if reduction in ("auto", "mean") and tf_trainer._collective_all_reduce_multi_worker(strategy):
+
+            def mean(v):
+                local = strategy.experimental_local_results(v)[0] if tf_trainer._is_per_replica_instance(v) else v
+                return strategy.reduce("MEAN", v, axis=None if local.shape.rank == 0 else 0)
+
+            return tf.nest.map_structure(mean, values)
+        return original(values, strategy, reduction)
+
+    tf_trainer.reduce_per_replica = reduce_per_replica
+    tf_trainer._keras_alexnet_patched = True
+
+
 def worker_info(strategy):
     """``(num_workers, worker_index, is_chief)`` of this process."""
     resolver = getattr(strategy, "cluster_resolver", None)
@@ -407,7 +415,9 @@ def _prepare_stats(train_source, recipe, run_dir, stats_path, max_images, is_chi
         print(f"Note: statistics were computed at {stats.resize_size}px; the mean image is resized to "
               f"{recipe.resize_size}px.")
     if is_chief and not own.is_file():
-        stats.save(own)
+        tmp = own.with_name(".tmp-stats.npz")  # other workers may be reading `own`
+        stats.save(tmp)
+        os.replace(tmp, own)
     return stats
 
 
@@ -436,9 +446,16 @@ def _datasets(recipe, train_source, val_source, stats, counter, num_workers, wor
         num_shards=num_workers,
         shard_index=worker_index,
     )
-    if max_steps:  # a short epoch (smoke tests, benchmarks): each epoch a fresh pass
-        train_ds = train_ds.take(max_steps)
-    return train_ds, val_ds
+    # An endless stream cut into epochs of a known number of steps: with a finite stream
+    # of unknown length (files can be skipped) Keras probes for its end at every epoch
+    # and runs an extra optimizer step (seen: 4 iterations in a 3-step epoch). Each pass
+    # over the data is still a full reshuffled pass; a skipped file only shifts where
+    # epochs start.
+    per_worker = -(-train_source.num_examples // num_workers)
+    steps = -(-per_worker // (recipe.batch_size // num_workers))
+    if max_steps:  # a short epoch (smoke tests, benchmarks)
+        steps = min(steps, max_steps)
+    return train_ds.repeat(), val_ds, steps
 
 
 def build_model(recipe, num_classes, grouping="towers", devices=None, classifier_activation="softmax"):
@@ -505,6 +522,8 @@ def train(recipe, train_source, val_source, settings, stats_path=None, data_desc
     if strategy is None:
         strategy = make_strategy(settings.strategy)
     num_workers, worker_index, is_chief = worker_info(strategy)
+    if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        patch_keras_multi_worker_reduce()
     if recipe.batch_size % num_workers:
         raise ValueError(f"batch size {recipe.batch_size} is not divisible by {num_workers} workers.")
 
@@ -566,12 +585,13 @@ def train(recipe, train_source, val_source, settings, stats_path=None, data_desc
         if begin >= end:
             continue
         pca_on = not (recipe.pca_off_epoch and begin >= recipe.pca_off_epoch)
-        train_ds, val_ds = _datasets(recipe, train_source, val_source, stats, counter,
+        train_ds, val_ds, steps = _datasets(recipe, train_source, val_source, stats, counter,
                                      num_workers, worker_index, seed_offset=begin, pca=pca_on,
                                      max_steps=settings.max_steps_per_epoch)
         model.fit(
             train_ds,
             validation_data=val_ds,
+            steps_per_epoch=steps,
             epochs=end,
             initial_epoch=begin,
             callbacks=callbacks,

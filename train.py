@@ -31,6 +31,12 @@ def non_negative_float(text):
     return value
 
 
+def stddev_value(text):
+    if text == "he":
+        return text
+    return non_negative_float(text)
+
+
 def int_list(text):
     try:
         return tuple(int(t) for t in text.split(",") if t.strip())
@@ -73,6 +79,9 @@ def parse_args(argv=None):
     r.add_argument("--lrn-bias", type=non_negative_float)
     r.add_argument("--no-lrn", dest="lrn", action="store_false", default=None)
     r.add_argument("--positive-bias", type=float)
+    r.add_argument("--weight-stddev", type=stddev_value,
+                   help="initial weight stddev of every layer (paper 0.01), or 'he' for N(0, 2/fan_in)")
+    r.add_argument("--input-scale", type=float, help="multiply the input by this (paper 1: raw pixels minus mean)")
     r.add_argument("--dropout", type=non_negative_float)
     r.add_argument("--seed", type=int)
 
@@ -119,7 +128,7 @@ def main(argv=None):
     overrides = {k: getattr(args, k) for k in (
         "epochs", "batch_size", "learning_rate", "momentum", "weight_decay", "schedule", "plateau_patience",
         "max_lr_reductions", "lr_steps", "mean", "pca_stddev", "resize_size", "crop_size", "fc_units",
-        "lrn_alpha", "lrn_bias", "lrn", "positive_bias", "dropout", "seed")}
+        "lrn_alpha", "lrn_bias", "lrn", "positive_bias", "weight_stddev", "input_scale", "dropout", "seed")}
     try:
         recipe = recipes.resolve(preset, overrides)
         if recipe.crop_size > recipe.resize_size:

@@ -117,7 +117,7 @@ PRESETS = {
         "fc_units": (512, "toy size"),
         "batch_size": (32, "toy size: more steps per epoch on a small dataset"),
         "epochs": (12, "fits the 5-minute budget on 2 cores"),
-        "plateau_patience": (2, "a short run"),
+        "plateau_patience": (3, "a short run"),
         "input_scale": (1 / 64, "mean-subtracted pixels /64: about unit variance"),
         "weight_stddev": ("he", "N(0, 2/fan_in), He et al. 2015: the paper's 0.01 stalls at toy size"),
         "positive_bias": (0.0, "zero biases with He init"),

@@ -1,0 +1,243 @@
+"""The notebooks in notebooks/: each runs top to bottom on a tiny run and writes real
+figures, they are committed without outputs and copy no code, and one trains the built-in
+default itself when given no run. Also the helpers of `keras_alexnet.notebook_utils`."""
+
+import itertools
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import matplotlib.image
+import nbformat
+import numpy as np
+import pytest
+from nbclient import NotebookClient
+
+from keras_alexnet import notebook_utils, synthetic, visualize
+
+REPO = Path(__file__).resolve().parents[1]
+NOTEBOOKS = REPO / "notebooks"
+# The PNGs each notebook must write (visualize.FIGURES names, as the command writes them).
+EXPECTED = {
+    "01_first_layer_filters.ipynb": ["conv1_filters.png", "colour_specificity.png"],
+    "02_activations.ipynb": ["activations.png"],
+    "03_predictions_and_neighbours.ipynb": ["predictions.png", "neighbours.png", "neighbours_pixels.png"],
+    "04_training_curves.ipynb": ["training_curves.png"],
+}
+# A line each notebook prints: the computed reading its markdown points to.
+READINGS = {
+    "01_first_layer_filters.ipynb": r"tower a mean specificity \d\.\d{3} vs tower b \d\.\d{3}; random init gives 0\.667",
+    "02_activations.ipynb": r"conv5_b +5x5x128 +\d",
+    "03_predictions_and_neighbours.ipynb": r"neighbours of the query's class: fc7 [\d.]+%, pixels [\d.]+%, chance 12\.5%",
+    "04_training_curves.ipynb": r"2 epochs; best validation top-1 error",
+}
+
+
+def notebook_paths():
+    return sorted(NOTEBOOKS.glob("*.ipynb"))
+
+
+def code_cells(nb):
+    return [cell for cell in nb.cells if cell.cell_type == "code"]
+
+
+def execute(path, env):
+    """Runs a notebook top to bottom in a fresh kernel with ``env``; returns it executed
+    (a failing cell raises `nbclient.exceptions.CellExecutionError` with its traceback)."""
+    nb = nbformat.read(path, as_version=4)
+    client = NotebookClient(nb, timeout=600, kernel_name="python3",
+                            resources={"metadata": {"path": str(NOTEBOOKS)}})
+    client.execute(env=env)
+    return nb
+
+
+def stdout_of(nb):
+    return "".join(
+        out.get("text", "") for cell in code_cells(nb) for out in cell.outputs
+        if out.output_type == "stream" and out.name == "stdout"
+    )
+
+
+def assert_figure(path):
+    """A PNG that is not blank."""
+    assert path.is_file(), f"missing {path}"
+    pixels = matplotlib.image.imread(path)
+    assert pixels.shape[0] >= 200 and pixels.shape[1] >= 200, pixels.shape
+    assert float(pixels[..., :3].std()) > 0.05, f"{path} is (nearly) blank"
+
+
+def kernel_env(**extra):
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+    env.pop(notebook_utils.RUN_ENV, None)
+    env.pop(notebook_utils.OUT_ENV, None)
+    env.update({k: str(v) for k, v in extra.items()})
+    return env
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    """One tiny run as train.py writes it: the built-in default, 2 epochs of 5 steps."""
+    run = tmp_path_factory.mktemp("notebooks") / "run"
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "train.py"), "--output-dir", str(run), "--epochs", "2",
+         "--max-steps-per-epoch", "5", "--quiet"],
+        cwd=REPO, env=kernel_env(), capture_output=True, text=True, timeout=600,
+    )
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    return run
+
+
+# ---------------------------------------------------------------------------------------
+# The committed notebooks
+
+
+def test_every_notebook_is_listed():
+    assert [p.name for p in notebook_paths()] == sorted(EXPECTED)
+
+
+@pytest.mark.parametrize("path", notebook_paths(), ids=lambda p: p.name)
+def test_notebook_is_committed_clean(path):
+    """No outputs or execution counts (readable diffs), a papermill parameters cell
+    first, and no code of its own: functions come from keras_alexnet."""
+    nb = nbformat.read(path, as_version=4)
+    nbformat.validate(nb)
+    cells = code_cells(nb)
+    for cell in cells:
+        assert cell.outputs == [], f"{path.name}: a cell has outputs; strip them"
+        assert cell.execution_count is None, f"{path.name}: a cell has an execution count"
+    first = cells[0]
+    assert "parameters" in first.metadata.get("tags", []), f"{path.name}: first code cell not tagged 'parameters'"
+    assert re.search(r"^RUN_DIR = None\b", first.source, re.M)
+    assert re.search(r"^OUT_DIR = None\b", first.source, re.M)
+    for cell in cells:
+        assert not re.search(r"^\s*(def|class)\s|lambda", cell.source, re.M), (
+            f"{path.name}: define functions in keras_alexnet, not in the notebook:\n{cell.source}"
+        )
+    source = "\n".join(cell.source for cell in cells)
+    assert "from keras_alexnet import notebook_utils, visualize" in source
+    saved = set(re.findall(r'out_dir / "([\w.]+\.png)"', source))
+    assert set(EXPECTED[path.name]) <= saved
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_notebook_runs_on_a_tiny_run(name, tiny_run, tmp_path):
+    out = tmp_path / "figures"
+    nb = execute(NOTEBOOKS / name, kernel_env(KERAS_ALEXNET_RUN=tiny_run, KERAS_ALEXNET_OUT=out))
+    for figure in EXPECTED[name]:
+        assert_figure(out / figure)
+    printed = stdout_of(nb)
+    assert f"run: {tiny_run}" in printed
+    assert re.search(READINGS[name], printed), printed
+    # Figures show in the notebook too, not only as files.
+    assert any("image/png" in o.get("data", {}) for c in code_cells(nb) for o in c.outputs)
+
+
+@pytest.mark.e2e
+def test_notebook_without_a_run_trains_the_default(tmp_path):
+    # A fresh cache, so the default run is trained here; the synthetic dataset itself is
+    # drawn once per machine (as train.py does) and linked in.
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    (cache / "synthetic").symlink_to(synthetic.make_dataset(notebook_utils.cache_dir() / "synthetic"))
+    out = tmp_path / "figures"
+    nb = execute(NOTEBOOKS / "04_training_curves.ipynb",
+                 kernel_env(KERAS_ALEXNET_CACHE=cache, KERAS_ALEXNET_OUT=out))
+    assert "training the built-in default" in stdout_of(nb)
+    run = cache / notebook_utils.DEFAULT_RUN
+    assert (run / "best.keras").is_file()
+    assert len(visualize.read_metrics(run / "metrics.csv")["epoch"]) == notebook_utils.BRIEF_EPOCHS
+    assert_figure(out / "training_curves.png")
+
+
+# ---------------------------------------------------------------------------------------
+# notebook_utils
+
+
+def test_get_run_and_figures_dir_precedence(tiny_run, tmp_path, monkeypatch):
+    monkeypatch.delenv(notebook_utils.RUN_ENV, raising=False)
+    monkeypatch.delenv(notebook_utils.OUT_ENV, raising=False)
+    assert notebook_utils.get_run(tiny_run) == tiny_run
+    monkeypatch.setenv(notebook_utils.RUN_ENV, str(tiny_run))
+    assert notebook_utils.get_run(None) == tiny_run
+    with pytest.raises(FileNotFoundError, match=str(tmp_path / "nothing")):
+        notebook_utils.get_run(tmp_path / "nothing")  # the argument wins over the variable
+
+    assert notebook_utils.figures_dir(tiny_run) == tiny_run / "figures"
+    monkeypatch.setenv(notebook_utils.OUT_ENV, str(tmp_path / "env_out"))
+    assert notebook_utils.figures_dir(tiny_run) == tmp_path / "env_out"
+    assert notebook_utils.figures_dir(tiny_run, tmp_path / "arg_out") == tmp_path / "arg_out"
+    assert (tmp_path / "arg_out").is_dir()
+
+
+def test_get_run_reuses_a_finished_default(tiny_run, tmp_path, monkeypatch, capsys):
+    # A finished run in the default place is used as it is, nothing trained.
+    monkeypatch.delenv(notebook_utils.RUN_ENV, raising=False)
+    monkeypatch.setenv(notebook_utils.CACHE_ENV, str(tmp_path))
+    (tmp_path / notebook_utils.DEFAULT_RUN).symlink_to(tiny_run)
+    assert notebook_utils.get_run(None) == tmp_path / notebook_utils.DEFAULT_RUN
+    assert "using the briefly trained default" in capsys.readouterr().out
+
+
+def test_open_run_has_the_runs_preprocessing(tiny_run):
+    run = notebook_utils.open_run(tiny_run)
+    config = json.loads((tiny_run / "config.json").read_text())
+    assert (run.crop, run.resize_size) == (config["recipe"]["crop_size"], config["recipe"]["resize_size"])
+    assert run.class_names == config["class_names"] == sorted(synthetic.CLASSES)
+    with np.load(tiny_run / "stats.npz") as stats:
+        mean = stats["mean_image"]
+    top = (run.resize_size - run.crop) // 2
+    x = np.full((1, run.crop, run.crop, 3), 100.0, np.float32)
+    np.testing.assert_allclose(run.preprocess(x)[0], 100.0 - mean[top : top + run.crop, top : top + run.crop])
+    val = run.files("val")
+    assert len(val) == 8 * 40 and run.label(val[0]) == 0 and run.label(val[-1]) == 7
+    assert run.label(Path("elsewhere/n01440764/x.JPEG")) == -1
+    assert run.load(val[:2]).shape == (2, run.crop, run.crop, 3)
+    shown = notebook_utils.image_files(run, "val", 8)
+    assert sorted({run.label(p) for p in shown}) == list(range(8))  # one per class
+    text = notebook_utils.describe_run(tiny_run)
+    assert "2 epochs trained" in text and "chance: top-1 error 87.5%" in text
+
+
+def test_one_image_falls_back_to_a_drawn_image(tiny_run, monkeypatch):
+    run = notebook_utils.open_run(tiny_run)
+    run.config = {}  # the run's data is not here
+    monkeypatch.setattr(notebook_utils, "real_photos", lambda: [])
+    image, where = notebook_utils.one_image(run)
+    assert "synthetic" in where
+    assert image.shape == (run.crop, run.crop, 3) and 0 <= image.min() and image.max() <= 255
+
+
+def test_spread():
+    assert notebook_utils.spread(range(3), 5) == [0, 1, 2]
+    assert notebook_utils.spread(range(10), 4) == [0, 3, 6, 9]
+
+
+def exact_p_value(values):
+    """Two-sided p of tower b - tower a over every split into halves (brute force)."""
+    values = np.asarray(values, float)
+    half = len(values) // 2
+    observed = abs(values[half:].mean() - values[:half].mean())
+    diffs = []
+    for a in itertools.combinations(range(len(values)), half):
+        mask = np.zeros(len(values), bool)
+        mask[list(a)] = True
+        diffs.append(abs(values[~mask].mean() - values[mask].mean()))
+    return np.mean(np.asarray(diffs) >= observed - 1e-12)
+
+
+def test_tower_difference():
+    values = [0.1, 0.2, 0.3, 0.7, 0.8, 0.9, 0.5, 0.6]
+    result = notebook_utils.tower_difference(values, permutations=20_000)
+    assert result["mean_a"] == pytest.approx(0.325) and result["mean_b"] == pytest.approx(0.7)
+    assert result["difference"] == pytest.approx(0.375)
+    assert result["p_value"] == pytest.approx(exact_p_value(values), abs=0.01)
+    # Swapping the towers flips the sign, not the p-value; equal towers are no evidence.
+    swapped = notebook_utils.tower_difference(values[4:] + values[:4], permutations=20_000)
+    assert swapped["difference"] == pytest.approx(-0.375)
+    assert swapped["p_value"] == pytest.approx(result["p_value"], abs=0.01)
+    assert notebook_utils.tower_difference([0.5] * 6)["p_value"] == 1.0
+    with pytest.raises(ValueError, match="even"):
+        notebook_utils.tower_difference([0.1, 0.2, 0.3])

@@ -19,6 +19,7 @@ import json
 import os
 import shutil
 import time
+import warnings
 from pathlib import Path
 
 import keras
@@ -588,15 +589,21 @@ def train(recipe, train_source, val_source, settings, stats_path=None, data_desc
         train_ds, val_ds, steps = _datasets(recipe, train_source, val_source, stats, counter,
                                      num_workers, worker_index, seed_offset=begin, pca=pca_on,
                                      max_steps=settings.max_steps_per_epoch)
-        model.fit(
-            train_ds,
-            validation_data=val_ds,
-            steps_per_epoch=steps,
-            epochs=end,
-            initial_epoch=begin,
-            callbacks=callbacks,
-            verbose=settings.verbose,
-        )
+        with warnings.catch_warnings():
+            # Validation streams are finite with a length Keras cannot know (unreadable
+            # files are dropped): it warns when it reaches their end, which is expected.
+            # Training streams are endless, so no warning of theirs is hidden.
+            warnings.filterwarnings("ignore", message="Your input ran out of data")
+            warnings.filterwarnings("ignore", message=r"`shuffle=True` was passed")
+            model.fit(
+                train_ds,
+                validation_data=val_ds,
+                steps_per_epoch=steps,
+                epochs=end,
+                initial_epoch=begin,
+                callbacks=callbacks,
+                verbose=settings.verbose,
+            )
     seconds = time.time() - start
 
     summary = summarize(run_dir, history, train_source, val_source, seconds, counter)

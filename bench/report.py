@@ -1,0 +1,116 @@
+"""Renders the README's tables from the files that runs and benchmarks wrote.
+
+    python bench/report.py                 # print every table (markdown)
+    python bench/report.py --update-readme # rewrite the marked sections of README.md
+
+Tables are never typed by hand: each section of README.md between
+``<!-- NAME:start -->`` and ``<!-- NAME:end -->`` is the output of one function here.
+"""
+
+import argparse
+import csv
+import json
+import re
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "bench" / "results"
+
+
+def _machine(m):
+    parts = [f"{m.get('cpu_model', '?')}, {m.get('cores', '?')} cores", f"TensorFlow {m.get('tensorflow', '?')}"]
+    parts += [f"{k} {m[v]}" for k, v in (("Keras", "keras"), ("PyTorch", "torch")) if v in m]
+    parts.append(str(m.get("date_utc", "?"))[:10])
+    load = m.get("load_average_at_start")
+    if load:
+        parts.append(f"load average {load[0]:.1f} at start (2 cores: other work was running)")
+    return ", ".join(parts)
+
+
+def pipeline_table():
+    path = RESULTS / "pipeline.json"
+    if not path.is_file():
+        return f"(no {path.relative_to(ROOT)} yet: run `python bench/bench_pipeline.py`)"
+    d = json.loads(path.read_text())
+    lines = ["| input pipeline (real JPEGs) | images/s | CPU ms / image | images/s per busy core | per-core ratio to PIL |",
+             "|---|---|---|---|---|"]
+    for name, r in d["summary"].items():
+        lines.append(f"| {name} | {r['images_per_s']:.0f} | {r['cpu_ms_per_image']:.2f} | "
+                     f"{r['images_per_s_per_busy_core']:.0f} | {r['per_core_ratio_vs_pil']:.2f} |")
+    lines.append(f"\n{d['data']['files']} files of {d['data']['location']}; {_machine(d['machine'])}. "
+                 f"`bench/results/pipeline.json`, from `python bench/bench_pipeline.py`.")
+    return "\n".join(lines)
+
+
+def eval_table():
+    path = RESULTS / "eval_speed.json"
+    if not path.is_file():
+        return f"(no {path.relative_to(ROOT)} yet: run `python bench/bench_eval.py`)"
+    d = json.loads(path.read_text())
+    lines = ["| evaluation, batch %d | images/s | crops/s | CPU ms / image |" % d["batch_size"], "|---|---|---|---|"]
+    for name, r in d["summary"].items():
+        lines.append(f"| {name} | {r['images_per_s']:.1f} | {r.get('crops_per_s', r['images_per_s']):.1f} | "
+                     f"{r['cpu_ms_per_image']:.1f} |")
+    lines.append(f"\nFull-size model ({d['model']['parameters']:,} parameters), {d['data']['images']} images of "
+                 f"{Path(d['data']['location']).name}; {_machine(d['machine'])}. `bench/results/eval_speed.json`, "
+                 f"from `python bench/bench_eval.py`.")
+    return "\n".join(lines)
+
+
+def train_speed_table():
+    path = RESULTS / "train_speed.json"
+    if not path.is_file():
+        return f"(no {path.relative_to(ROOT)} yet: run `python bench/bench_train.py`)"
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bench_train", ROOT / "bench" / "bench_train.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.render_table(json.loads(path.read_text()))
+
+
+def runs_table(runs_dir=ROOT / "results"):
+    """One row per run directory under results/ that holds a summary.json."""
+    rows = ["| run | data | recipe | epochs | val top-1 error | val top-5 error | best top-1 (epoch) | hours |",
+            "|---|---|---|---|---|---|---|---|"]
+    found = False
+    for summary_path in sorted(Path(runs_dir).glob("*/summary.json")):
+        found = True
+        run = summary_path.parent
+        s = json.loads(summary_path.read_text())
+        config = json.loads((run / "config.json").read_text())
+        f, b = s["final"], s["best"]
+        data = Path(config["data"].get("data_dir") or "").name or config["data"].get("tfds")
+        rows.append(f"| `{run.name}` | {data} ({s['num_classes']} classes) | {config['data'].get('preset')} | "
+                    f"{s['epochs']} | {f['val_top1_error']:.1%} | {f['val_top5_error']:.1%} | "
+                    f"{b['val_top1_error']:.1%} ({b['epoch']}) | {s['total_epoch_seconds'] / 3600:.2f} |")
+    return "\n".join(rows) if found else "(no run in results/ yet)"
+
+
+SECTIONS = {"runs": runs_table, "train-speed": train_speed_table, "pipeline-speed": pipeline_table,
+            "eval-speed": eval_table}
+
+
+def update_readme(path=ROOT / "README.md"):
+    text = path.read_text()
+    for name, fn in SECTIONS.items():
+        pattern = re.compile(rf"(<!-- {name}:start -->\n).*?(\n<!-- {name}:end -->)", re.S)
+        if pattern.search(text):
+            text = pattern.sub(lambda m: m.group(1) + fn() + m.group(2), text)
+    path.write_text(text)
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--update-readme", action="store_true")
+    args = p.parse_args()
+    if args.update_readme:
+        update_readme()
+        print("README.md updated")
+    else:
+        for name, fn in SECTIONS.items():
+            print(f"## {name}\n\n{fn()}\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -87,7 +87,8 @@ def parse_args(argv=None):
 
     s = p.add_argument_group("run")
     s.add_argument("--output-dir", help="run directory (default runs/<preset or default>)")
-    s.add_argument("--precision", choices=("float32", "mixed_bfloat16", "mixed_float16"), default="float32")
+    s.add_argument("--precision", choices=("auto", "float32", "mixed_bfloat16", "mixed_float16"), default="auto",
+                   help="auto: bf16 only where the hardware computes it (AMX/AVX512_BF16 CPUs, GPUs >= 8.0)")
     s.add_argument("--xla", action="store_true", help="compile the train step with XLA")
     s.add_argument("--steps-per-execution", type=positive_int, default=1)
     s.add_argument("--grouping", choices=("towers", "grouped", "none"), default="towers")

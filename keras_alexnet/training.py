@@ -312,6 +312,42 @@ def restore_into(model, model_path):
         own.assign(value)
 
 
+# Precision -----------------------------------------------------------------------------
+
+
+def choose_precision(cpu_flags=None, gpu_capabilities=None):
+    """The fastest mixed-precision policy for the hardware, without changing the network.
+
+    bfloat16 pays only where the hardware computes it: on CPUs with AMX-BF16 or
+    AVX512_BF16, and on GPUs of compute capability 8.0 or later; GPUs from 7.0 get
+    float16 (with loss scaling). Elsewhere bf16 is emulated: on this project's AVX-512
+    machines without those flags bf16 trained 3.5x *slower* than float32 (bench/NOTES.md).
+
+    Args:
+        cpu_flags: set of /proc/cpuinfo flags (read from the machine if None).
+        gpu_capabilities: list of (major, minor) of the visible GPUs (queried if None).
+
+    Returns:
+        ``"mixed_bfloat16"``, ``"mixed_float16"`` or ``"float32"``.
+    """
+    if gpu_capabilities is None:
+        gpu_capabilities = []
+        for gpu in tf.config.list_physical_devices("GPU"):
+            cc = tf.config.experimental.get_device_details(gpu).get("compute_capability")
+            if cc:
+                gpu_capabilities.append(tuple(cc))
+    if gpu_capabilities:
+        lowest = min(gpu_capabilities)
+        return "mixed_bfloat16" if lowest >= (8, 0) else "mixed_float16" if lowest >= (7, 0) else "float32"
+    if cpu_flags is None:
+        try:
+            text = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            text = ""
+        cpu_flags = {flag for line in text.splitlines() if line.startswith("flags") for flag in line.split(":", 1)[1].split()}
+    return "mixed_bfloat16" if {"amx_bf16", "avx512_bf16"} & set(cpu_flags) else "float32"
+
+
 # Distribution --------------------------------------------------------------------------
 
 
@@ -388,7 +424,7 @@ class RunSettings:
     """How a run executes (not what it computes)."""
 
     output_dir: str = "runs/default"
-    precision: str = "float32"  # "float32", "mixed_bfloat16", "mixed_float16"
+    precision: str = "auto"  # "auto" (`choose_precision`), "float32", "mixed_bfloat16", "mixed_float16"
     xla: bool = False
     steps_per_execution: int = 1
     grouping: str = "towers"
@@ -519,6 +555,9 @@ def train(recipe, train_source, val_source, settings, stats_path=None, data_desc
     """
     run_dir = Path(settings.output_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
+    if settings.precision == "auto":
+        settings = dataclasses.replace(settings, precision=choose_precision())
+        print(f"Precision: {settings.precision} (chosen for this hardware; --precision to override).", flush=True)
     keras.mixed_precision.set_global_policy(settings.precision)
     if strategy is None:
         strategy = make_strategy(settings.strategy)

@@ -232,3 +232,14 @@ def test_resuming_with_another_configuration_is_refused(tmp_path, tiny_data):
     assert run_train(flags).returncode == 0
     proc = run_train([*flags, "--lr", "0.5"])
     assert proc.returncode == 2 and "learning_rate" in proc.stderr and str(run_dir) in proc.stderr
+
+
+def test_precision_is_chosen_by_what_the_hardware_computes():
+    choose = training.choose_precision
+    assert choose({"avx512f", "avx512_vnni"}, []) == "float32"  # bf16 would be emulated
+    assert choose({"avx512f", "avx512_bf16"}, []) == "mixed_bfloat16"
+    assert choose({"amx_bf16", "amx_tile"}, []) == "mixed_bfloat16"
+    assert choose(set(), [(8, 0), (9, 0)]) == "mixed_bfloat16"
+    assert choose(set(), [(7, 0)]) == "mixed_float16"
+    assert choose({"amx_bf16"}, [(6, 1)]) == "float32"  # the GPUs do the work
+    assert choose() in ("float32", "mixed_bfloat16", "mixed_float16")

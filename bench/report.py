@@ -94,9 +94,9 @@ SECTIONS = {"runs": runs_table, "train-speed": train_speed_table, "pipeline-spee
 def update_readme(path=ROOT / "README.md"):
     text = path.read_text()
     for name, fn in SECTIONS.items():
-        pattern = re.compile(rf"(<!-- {name}:start -->\n).*?(\n<!-- {name}:end -->)", re.S)
+        pattern = re.compile(rf"(<!-- {name}:start -->\n).*?(<!-- {name}:end -->)", re.S)
         if pattern.search(text):
-            text = pattern.sub(lambda m: m.group(1) + fn() + m.group(2), text)
+            text = pattern.sub(lambda m: m.group(1) + fn() + "\n" + m.group(2), text)
     path.write_text(text)
 
 

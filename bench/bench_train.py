@@ -314,8 +314,9 @@ def summarize(rows, raw=None):
     torch32, torch32_id = best(["t_paper_fp32_nchw", "t_paper_fp32_cl"])
     torch16, torch16_id = best(["t_paper_bf16_nchw", "t_paper_bf16_cl"])
     tv16 = ips("t_tv_bf16_cl")
+    # Candidates for "best keras path": the paper network (LRN on), in-memory input.
     keras_rows = [r for r in rows if r["framework"] == "keras" and r["network"] == "paper"
-                  and r.get("train_ips") and not r["id"].startswith("e2e")]
+                  and r.get("train_ips") and r["lrn"] != "off" and not r["id"].startswith("e2e")]
 
     def best_keras(precision):
         cands = [r for r in keras_rows if r["precision"] == precision]

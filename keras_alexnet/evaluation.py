@@ -707,6 +707,20 @@ def _versions():
     }
 
 
+def checkpoint_dataset(checkpoint, source, crops, batch_size, counter=None):
+    """`keras_alexnet.data.evaluation_dataset` with the checkpoint's own preprocessing."""
+    return data_lib.evaluation_dataset(
+        source,
+        batch_size,
+        stats=checkpoint.stats,
+        mean=checkpoint.mean,
+        crops=crops,
+        crop_size=checkpoint.crop_size,
+        resize_size=checkpoint.resize_size,
+        counter=counter,
+    )
+
+
 def run_evaluation(checkpoint, source, *, crops="center", top5=True, batch_size=32, progress=True):
     """Evaluates a checkpoint on a source with its preprocessing (what ``evaluate.py``
     runs).
@@ -718,16 +732,7 @@ def run_evaluation(checkpoint, source, *, crops="center", top5=True, batch_size=
     """
     check_num_classes(checkpoint, source)
     counter = data_lib.SkipCounter()
-    dataset = data_lib.evaluation_dataset(
-        source,
-        batch_size,
-        stats=checkpoint.stats,
-        mean=checkpoint.mean,
-        crops=crops,
-        crop_size=checkpoint.crop_size,
-        resize_size=checkpoint.resize_size,
-        counter=counter,
-    )
+    dataset = checkpoint_dataset(checkpoint, source, crops, batch_size, counter)
     result = evaluate(
         checkpoint.model,
         dataset,
@@ -841,15 +846,7 @@ def predict_files(checkpoint, paths, *, crops="center", k=5, batch_size=16):
         paths=np.array(files, dtype=object),
         labels=positions,
     )
-    dataset = data_lib.evaluation_dataset(
-        source,
-        batch_size,
-        stats=checkpoint.stats,
-        mean=checkpoint.mean,
-        crops=crops,
-        crop_size=checkpoint.crop_size,
-        resize_size=checkpoint.resize_size,
-    )
+    dataset = checkpoint_dataset(checkpoint, source, crops, batch_size)
     predict = make_predict_fn(checkpoint.model, crops)
     found = {}
     for images, position in dataset:

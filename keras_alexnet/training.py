@@ -227,12 +227,14 @@ class RunCheckpoint(keras.callbacks.Callback):
        count, learning rate);
     2. ``checkpoints/epoch-NNNN.json``: epoch count, the per-epoch history and the state
        of stateful callbacks (the plateau schedule);
-    3. ``checkpoint.json``: the pointer to the pair above;
-    4. ``last.keras`` (a hard link), ``best.keras`` on a new best, ``metrics.csv``;
+    3. ``best.keras`` on a new best and ``last.keras`` (hard links), ``metrics.csv``;
+    4. ``checkpoint.json``: the pointer to the pair above;
        then older checkpoint pairs are deleted.
 
     A kill at any moment leaves ``checkpoint.json`` pointing at a complete pair: the
-    newest one if step 3 finished, else the previous one (never deleted before step 3).
+    newest one if step 4 finished, else the previous one (never deleted before step 4).
+    A kill between steps 3 and 4 leaves ``best.keras`` / ``last.keras`` one epoch ahead
+    of the pointer: a complete model either way; the resumed run redoes that epoch.
 
     Args:
         run_dir: the run directory.
@@ -269,14 +271,16 @@ class RunCheckpoint(keras.callbacks.Callback):
             "callbacks": {name: cb.get_state() for name, cb in self.stateful.items()},
         }
         atomic_write_text(ckpt_dir / f"{stem}.json", json.dumps(state, indent=1))
-        pointer = {"epoch": epoch + 1, "model": f"checkpoints/{stem}.keras", "state": f"checkpoints/{stem}.json"}
-        atomic_write_text(self.run_dir / "checkpoint.json", json.dumps(pointer, indent=1))
-        _atomic_link_or_copy(ckpt_dir / f"{stem}.keras", self.run_dir / "last.keras")
+        # best.keras and last.keras before the pointer: once the pointer names an epoch,
+        # they include it (a kill right after the pointer must not lose the best model).
         current = row.get(self.monitor)
         if current is not None and current < self.best:
             self.best = current
             _atomic_link_or_copy(ckpt_dir / f"{stem}.keras", self.run_dir / "best.keras")
+        _atomic_link_or_copy(ckpt_dir / f"{stem}.keras", self.run_dir / "last.keras")
         atomic_write_text(self.run_dir / "metrics.csv", metrics_csv(self.history))
+        pointer = {"epoch": epoch + 1, "model": f"checkpoints/{stem}.keras", "state": f"checkpoints/{stem}.json"}
+        atomic_write_text(self.run_dir / "checkpoint.json", json.dumps(pointer, indent=1))
         for old in ckpt_dir.glob("epoch-*"):
             if not old.name.startswith(stem):
                 old.unlink(missing_ok=True)

@@ -15,9 +15,10 @@ repeat, so slow drifts of a shared machine hit every config alike; the tables re
 medians over the repeats. Each worker warms up, then times training steps (SGD with
 momentum, softmax cross-entropy, batch 128), then inference on the same model.
 
-Also measured: the GFLOP/s of a 4096x4096 matmul in TensorFlow and PyTorch, fp32 and
-bf16. The fp32 ceiling for AlexNet training is (fp32 matmul GFLOP/s) / 4.35 GFLOP per
-training image (PERF_NOTES.md: 1.45 GFLOP forward, about 3x for a training step).
+Also measured: the GFLOP/s of a square matmul (fp32 4096, bf16 2048) in TensorFlow and
+PyTorch. The fp32 ceiling for AlexNet training is (fp32 matmul GFLOP/s) / 4.35 GFLOP per
+training image (PERF_NOTES.md: 1.45 GFLOP forward, about 3x for a training step), with
+the best probe of the run as the rate (background load can only lower a probe).
 
 Results go to bench/results/train_speed.json and .csv. Runs with --only or --candidates
 are experiments: they are appended to bench/results/train_speed_candidates.json instead,
@@ -85,7 +86,8 @@ def _torch(cid, label, tier, net, precision, layout, **extra):
 # Tiers: "core" runs in every repeat, also with --quick; "full" in every repeat of a full
 # run; "once" in the first repeat of a full run only (paths that lose, measured once to
 # show it); "candidate" only with --candidates; "e2e" only with --e2e. The time budget
-# (15 min full, 3 min quick on 2 idle cores) decides what gets repeats.
+# decides what gets repeats: on a CPU without bf16 instructions one emulated-bf16 step
+# takes 10-20 s, which is what makes a full run take ~20 min there.
 CONFIGS = [
     # keras_alexnet as shipped: two towers of plain Conv2D, tf.nn LRN, no XLA.
     _keras("k_towers_fp32", "keras_alexnet towers (default)", "core", "fp32"),
@@ -137,7 +139,6 @@ CONFIGS = [
            "bf16", xla=True, xla_flags="--xla_cpu_use_onednn=true"),
     _keras("c_towers_bf16_xla_lrnmm", "towers, XLA + matmul LRN", "candidate", "bf16",
            xla=True, lrn="matmul"),
-    # The end-to-end figure with the real input pipeline (keras_alexnet.data, pending).
     # --e2e: the same model fed by keras_alexnet.data from JPEGs (Imagenette) instead of
     # one in-memory batch; compare with k_towers_fp32 / k_towers_bf16 of the same run.
     dict(id="e2e_towers_fp32", label="keras_alexnet towers, JPEG input (keras_alexnet.data)",

@@ -472,6 +472,9 @@ def main():
     p.add_argument("--update-readme", action="store_true",
                    help="with --table: also write it into bench/README.md between markers")
     p.add_argument("--list", action="store_true", help="list the config ids and exit")
+    p.add_argument("--add-repeats", type=int, default=0, metavar="N",
+                   help="run N more repeats of the saved run (same configs and settings; "
+                        "for a shared machine) and rewrite its results")
     args = p.parse_args()
 
     if args.list:
@@ -488,26 +491,43 @@ def main():
             update_readme(table)
         return
 
-    mode = "quick" if args.quick else "full"
-    settings = MODES[mode]
-    repeats = args.repeats or settings["repeats"]
-    tiers = {"core"} if args.quick else {"core", "full", "once"}
-    if args.candidates:
-        tiers.add("candidate")
-    if args.e2e:
-        tiers.add("e2e")
+    saved = None
+    if args.add_repeats:
+        with open(JSON_PATH) as f:
+            saved = json.load(f)
+        mode, settings = saved["mode"], saved["settings"]
+        ids = [r["id"] for r in saved["rows"]]
+        configs = [c for c in CONFIGS if c["id"] in ids]
+        first_rep = saved["repeats"]
+        repeats = first_rep + args.add_repeats
+        runs = {c["id"]: list(saved["raw_runs"].get(c["id"], [])) for c in configs}
+        elapsed_before = saved.get("elapsed_s", 0.0)
+    else:
+        mode = "quick" if args.quick else "full"
+        settings = MODES[mode]
+        repeats = args.repeats or settings["repeats"]
+        tiers = {"core"} if args.quick else {"core", "full", "once"}
+        if args.candidates:
+            tiers.add("candidate")
+        if args.e2e:
+            tiers.add("e2e")
+        only = [s for s in args.only.split(",") if s]
+        configs = [c for c in CONFIGS if (c["id"] in only if only else c["tier"] in tiers)]
+        if not configs:
+            p.error(f"no config selected (ids: {', '.join(c['id'] for c in CONFIGS)})")
+        first_rep = 0
+        runs = {c["id"]: [] for c in configs}
+        elapsed_before = 0.0
     only = [s for s in args.only.split(",") if s]
-    configs = [c for c in CONFIGS if (c["id"] in only if only else c["tier"] in tiers)]
-    if not configs:
-        p.error(f"no config selected (ids: {', '.join(c['id'] for c in CONFIGS)})")
 
     machine, vers = machine_info(), versions()
     print(f"{machine['cpu']}, {machine['cores']} cores, bf16: {machine['bf16_hardware']}; "
           f"tf {vers['tf']}, keras {vers['keras']}, torch {vers['torch']}; {mode}, "
           f"{repeats} repeat(s), {len(configs)} configs", flush=True)
-    runs = {c["id"]: [] for c in configs}
+    if saved and (saved["versions"] != vers or saved["machine"] != machine):
+        raise SystemExit("--add-repeats: the saved run is from another machine or versions")
     t_start = time.perf_counter()
-    for rep in range(repeats):
+    for rep in range(first_rep, repeats):
         todo = [c for c in configs if rep == 0 or c["tier"] != "once"]
         shift = rep % len(todo)
         for c in todo[shift:] + todo[:shift]:  # rotate the order every repeat
@@ -535,7 +555,7 @@ def main():
         mode=mode,
         repeats=repeats,
         batch=BATCH,
-        elapsed_s=round(time.perf_counter() - t_start, 1),
+        elapsed_s=round(elapsed_before + time.perf_counter() - t_start, 1),
         settings=settings,
         rows=rows,
         raw_runs=runs,

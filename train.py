@@ -89,7 +89,9 @@ def parse_args(argv=None):
     s.add_argument("--output-dir", help="run directory (default runs/<preset or default>)")
     s.add_argument("--precision", choices=("auto", "float32", "mixed_bfloat16", "mixed_float16"), default="auto",
                    help="auto: bf16 only where the hardware computes it (AMX/AVX512_BF16 CPUs, GPUs >= 8.0)")
-    s.add_argument("--xla", action="store_true", help="compile the train step with XLA")
+    s.add_argument("--xla", nargs="?", const="on", default="auto", choices=("auto", "on", "off"),
+                   help="compile the train step with XLA; auto: only where it measured faster "
+                        "(bf16 on a CPU without bf16 instructions)")
     s.add_argument("--steps-per-execution", type=positive_int, default=1)
     s.add_argument("--grouping", choices=("towers", "grouped", "none"), default="towers")
     s.add_argument("--devices", help="two devices for the towers, e.g. /GPU:0,/GPU:1 (default: two GPUs if present)")
@@ -148,7 +150,7 @@ def main(argv=None):
             raise ValueError(f"{val_source.location} has {val_source.num_classes} classes, "
                              f"{train_source.location} {train_source.num_classes}")
         settings = training.RunSettings(
-            output_dir=output_dir, precision=args.precision, xla=args.xla,
+            output_dir=output_dir, precision=args.precision, xla={"auto": "auto", "on": True, "off": False}[args.xla],
             steps_per_execution=args.steps_per_execution, grouping=args.grouping, devices=args.devices,
             strategy=args.strategy, stats_max_images=args.stats_max_images,
             max_steps_per_epoch=args.max_steps_per_epoch, verbose=0 if args.quiet else 1)

@@ -9,11 +9,14 @@ Prints one line ``RESULT {...json...}`` on stdout. Keys of the config (all optio
   (training fed by ``keras_alexnet.data`` from JPEG files, when that module exists).
 - ``precision``: ``"fp32"`` or ``"bf16"`` (Keras ``mixed_bfloat16`` policy).
 - ``grouping``: ``"towers"`` or ``"grouped"`` (or ``"none"``), passed to `AlexNet`.
-- ``xla``: ``compile(jit_compile=...)``.
+- ``xla``: ``compile(jit_compile=...)``; ``"auto"``: what the library picks on this machine
+  (`keras_alexnet.training.choose_xla`), reported back as ``xla_resolved``.
 - ``steps_per_execution``: passed to ``compile``.
-- ``lrn``: ``"tf"`` (the library's layer, tf.nn.local_response_normalization),
-  ``"off"`` (no LRN: the cost of LRN), or the name of a prototype in ``bench/fast_lrn.py``
-  (``"matmul"``, ...), which replaces the library layer's ``call`` in this process only.
+- ``lrn``: ``"default"`` (the library's layer as shipped: the banded-matmul LRN),
+  ``"tf_nn"`` (the library's reference path, tf.nn.local_response_normalization; the
+  default before the matmul LRN was adopted), ``"off"`` (no LRN: the cost of LRN), or the
+  name of a prototype in ``bench/fast_lrn.py`` (``"matmul_autodiff"``, ...), which
+  replaces the library layer's ``call`` in this process only.
 - ``intra``, ``inter``: TensorFlow thread-pool sizes (0 = TensorFlow decides).
 - ``xla_flags``: extra ``XLA_FLAGS`` for this process (e.g. ``--xla_cpu_use_onednn=true``).
 - ``batch``; ``warmup`` untimed training steps; then at most ``steps`` timed steps,
@@ -32,14 +35,15 @@ import sys
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.dirname(HERE))  # keras_alexnet from this checkout, installed or not
 
 DEFAULTS = dict(
     kind="train",
     precision="fp32",
     grouping="towers",
-    xla=False,
+    xla="auto",
     steps_per_execution=1,
-    lrn="tf",
+    lrn="default",
     intra=0,
     inter=0,
     batch=128,
@@ -131,7 +135,7 @@ def run_train(cfg, dataset=None):
 
     if cfg["precision"] == "bf16":
         keras.mixed_precision.set_global_policy("mixed_bfloat16")
-    if cfg["lrn"] not in ("tf", "off"):
+    if cfg["lrn"] not in ("default", "tf_nn", "off"):
         sys.path.insert(0, HERE)
         import fast_lrn
 
@@ -140,13 +144,21 @@ def run_train(cfg, dataset=None):
     keras.utils.set_random_seed(0)
     t0 = time.perf_counter()
     model = keras_alexnet.AlexNet(
-        grouping=cfg["grouping"], lrn=cfg["lrn"] != "off", classes=cfg["classes"], seed=0
+        grouping=cfg["grouping"], lrn=cfg["lrn"] != "off", classes=cfg["classes"], seed=0,
+        lrn_implementation="tf_nn" if cfg["lrn"] == "tf_nn" else "matmul",
     )
     params = int(model.count_params())
+    if cfg["xla"] == "auto":
+        from keras_alexnet.training import choose_xla
+
+        policy = "mixed_bfloat16" if cfg["precision"] == "bf16" else "float32"
+        cfg["xla_resolved"] = choose_xla(policy, cfg["grouping"])
+    else:
+        cfg["xla_resolved"] = bool(cfg["xla"])
     model.compile(
         optimizer=keras.optimizers.SGD(0.01, momentum=0.9),
         loss="sparse_categorical_crossentropy",
-        jit_compile=bool(cfg["xla"]),
+        jit_compile=cfg["xla_resolved"],
         steps_per_execution=int(cfg["steps_per_execution"]),
     )
     b, spe = cfg["batch"], int(cfg["steps_per_execution"])

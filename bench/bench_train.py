@@ -55,7 +55,7 @@ TARGET_BF16_VS_TORCHVISION = 1.0  # keras bf16 / PyTorch torchvision-style AlexN
 TARGET_FP32_CEILING = 0.75  # keras fp32 / fp32 ceiling
 
 
-def _keras(cid, label, tier, precision, grouping="towers", xla=False, lrn="tf", **extra):
+def _keras(cid, label, tier, precision, grouping="towers", xla=False, lrn="default", **extra):
     """A keras_alexnet config; ``extra`` goes to the worker (and overrides the mode's
     step settings, e.g. ``warmup=1``)."""
     return dict(
@@ -89,18 +89,21 @@ def _torch(cid, label, tier, net, precision, layout, **extra):
 # decides what gets repeats: on a CPU without bf16 instructions one emulated-bf16 step
 # takes 10-20 s, which is what makes a full run take ~20 min there.
 CONFIGS = [
-    # keras_alexnet as shipped: two towers of plain Conv2D, tf.nn LRN, no XLA.
-    _keras("k_towers_fp32", "keras_alexnet towers (default)", "core", "fp32"),
+    # keras_alexnet as shipped: two towers of plain Conv2D, the banded-matmul LRN, and XLA
+    # where the library turns it on by itself (`training.choose_xla`: bf16 on a CPU
+    # without bf16 instructions).
+    _keras("k_towers_fp32", "keras_alexnet (default)", "core", "fp32", xla="auto"),
+    _keras("k_towers_bf16", "keras_alexnet (default)", "core", "bf16", xla="auto"),
+    # What the defaults replaced: tf.nn LRN (the reference path), and bf16 without XLA.
+    _keras("k_towers_fp32_tfnn", "keras_alexnet towers, tf.nn LRN (before)", "full", "fp32",
+           lrn="tf_nn"),
     # (bf16 without XLA: one warm-up call; a step takes ~20 s where bf16 is emulated.)
-    _keras("k_towers_bf16", "keras_alexnet towers (default)", "core", "bf16", warmup=1),
-    # The proposed LRN (bench/fast_lrn.py): a banded matmul with its own gradient.
-    _keras("k_towers_fp32_lrnmm", "keras_alexnet towers + matmul LRN", "full", "fp32", lrn="matmul"),
-    _keras("k_towers_bf16_lrnmm", "keras_alexnet towers + matmul LRN", "candidate", "bf16",
-           lrn="matmul", warmup=1),
+    _keras("k_towers_bf16_noxla", "keras_alexnet towers, no XLA", "full", "bf16", warmup=1),
+    _keras("k_towers_bf16_tfnn", "keras_alexnet towers, tf.nn LRN, no XLA (before)", "once",
+           "bf16", lrn="tf_nn", warmup=1, min_steps=1),
     # XLA and the grouped layout.
     _keras("k_towers_fp32_xla", "keras_alexnet towers, XLA", "once", "fp32", xla=True,
            min_steps=1),
-    _keras("k_towers_bf16_xla", "keras_alexnet towers, XLA", "full", "bf16", xla=True),
     _keras("k_grouped_fp32", "keras_alexnet grouped", "once", "fp32", grouping="grouped"),
     _keras("k_grouped_bf16", "keras_alexnet grouped", "once", "bf16", grouping="grouped", warmup=1,
            min_steps=1),
@@ -128,8 +131,8 @@ CONFIGS = [
     _keras("c_towers_bf16_nolrn", "towers, no LRN (cost of LRN)", "candidate", "bf16", lrn="off"),
     _keras("c_towers_fp32_lrnmm_ad", "towers + matmul LRN, autodiff", "candidate", "fp32", lrn="matmul_autodiff"),
     _keras("c_towers_fp32_lrnxla", "towers + matmul LRN, XLA-fused", "candidate", "fp32", lrn="matmul_xla"),
-    _keras("c_grouped_fp32_lrnmm", "grouped + matmul LRN", "candidate", "fp32", grouping="grouped", lrn="matmul"),
-    _keras("c_grouped_bf16_lrnmm", "grouped + matmul LRN", "candidate", "bf16", grouping="grouped", lrn="matmul"),
+    _keras("c_grouped_fp32_tfnn", "grouped + tf.nn LRN", "candidate", "fp32", grouping="grouped", lrn="tf_nn"),
+    _keras("c_grouped_bf16_tfnn", "grouped + tf.nn LRN", "candidate", "bf16", grouping="grouped", lrn="tf_nn"),
     _keras("c_towers_fp32_spe4", "towers, steps_per_execution=4", "candidate", "fp32", steps_per_execution=4),
     _keras("c_towers_fp32_intra2_inter1", "towers, intra=2 inter=1", "candidate", "fp32", intra=2, inter=1),
     _keras("c_towers_fp32_intra1_inter2", "towers, intra=1 inter=2", "candidate", "fp32", intra=1, inter=2),
@@ -137,8 +140,8 @@ CONFIGS = [
            "fp32", xla=True, xla_flags="--xla_cpu_use_onednn=true"),
     _keras("c_towers_bf16_xla_onednn", "towers, XLA with --xla_cpu_use_onednn", "candidate",
            "bf16", xla=True, xla_flags="--xla_cpu_use_onednn=true"),
-    _keras("c_towers_bf16_xla_lrnmm", "towers, XLA + matmul LRN", "candidate", "bf16",
-           xla=True, lrn="matmul"),
+    _keras("c_towers_bf16_xla_tfnn", "towers, XLA + tf.nn LRN", "candidate", "bf16",
+           xla=True, lrn="tf_nn"),
     # --e2e: the same model fed by keras_alexnet.data from JPEGs (Imagenette) instead of
     # one in-memory batch; compare with k_towers_fp32 / k_towers_bf16 of the same run.
     dict(id="e2e_towers_fp32", label="keras_alexnet towers, JPEG input (keras_alexnet.data)",
@@ -244,11 +247,14 @@ def aggregate(config, runs):
         grouping=w.get("grouping", "-") if config["framework"] == "keras" else (
             "groups=2" if config["network"] == "paper" else "none"),
         xla=w.get("xla", False),
-        lrn=w.get("lrn", "tf") if config["framework"] == "keras" else (
+        lrn=w.get("lrn", "default") if config["framework"] == "keras" else (
             "nn.LocalResponseNorm" if config["network"] == "paper" else "none"),
         tier=config["tier"],
     )
     ok = [r for r in runs if "error" not in r]
+    resolved = [r["config"]["xla_resolved"] for r in ok if "xla_resolved" in r.get("config", {})]
+    if resolved:  # xla="auto": what the library chose on this machine
+        row["xla"] = resolved[0]
     row["runs"] = len(ok)
     row["errors"] = [r["error"] for r in runs if "error" in r]
     if ok and "skipped" in ok[0]:
@@ -332,7 +338,7 @@ def summarize(rows, raw=None):
 
     targets = []
     for variant, k32_id, k16_id in (
-        ("as shipped (towers, no XLA)", "k_towers_fp32", "k_towers_bf16"),
+        ("as shipped (defaults for this machine)", "k_towers_fp32", "k_towers_bf16"),
         ("best keras path measured", best_keras("fp32"), best_keras("bf16")),
     ):
         k32, k16 = ips(k32_id), ips(k16_id)

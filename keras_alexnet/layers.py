@@ -26,6 +26,89 @@ IMAGENET_EIGENVECTORS = np.array(
 IMAGENET_EIGENVALUES = IMAGENET_EIGENVALUES_01 * 255.0
 
 
+def _band_matrix(channels, depth_radius, groups=1):
+    """The (channels, channels) 0/1 matrix whose column ``i`` marks the window of channel i.
+
+    ``B[j, i] = 1`` when ``|i - j| <= depth_radius`` and channels i, j are in the same of
+    ``groups`` equal groups (block diagonal: a window never reaches into another group).
+    """
+    idx = np.arange(channels)
+    group = idx // (channels // groups)
+    band = (np.abs(idx[:, None] - idx[None, :]) <= depth_radius) & (group[:, None] == group[None, :])
+    return band.astype(np.float32)
+
+
+def _neg_pow(d, beta):
+    """``d ** -beta`` without exp/log for the usual exponents (the paper's is 0.75)."""
+    if beta == 0.75:
+        r = tf.math.rsqrt(d)
+        return r * tf.sqrt(r)
+    if beta == 0.5:
+        return tf.math.rsqrt(d)
+    if beta == 1.0:
+        return tf.math.reciprocal(d)
+    return tf.pow(d, -beta)
+
+
+def _band_product(t, band, bias=None):
+    """``t`` (..., C) times ``band`` (C, C) (+ ``bias`` (C,)), as one 2-D matmul."""
+    shape = tf.shape(t)
+    y = tf.linalg.matmul(tf.reshape(t, [-1, band.shape[0]]), band)
+    if bias is not None:
+        y = tf.nn.bias_add(y, bias)
+    return tf.reshape(y, shape)
+
+
+def local_response_normalization(x, depth_radius=2, bias=2.0, alpha=1e-4, beta=0.75, groups=1):
+    """The paper's LRN over the last axis of ``x`` as a banded matmul with its own gradient.
+
+    The sum of squares over a window of ``2 * depth_radius + 1`` channels is the product
+    of the squared activations (rows = pixels, columns = channels) with the fixed 0/1
+    band matrix ``B`` of `_band_matrix`; with ``groups`` the band is block diagonal, so
+    one matmul normalises every channel group on its own. Forward:
+
+        d = k + (x * x) @ (alpha * B),   r = d ** -beta,   y = x * r
+
+    and, since ``B`` is symmetric, the gradient is
+
+        dx = g * r - 2 * alpha * beta * x * ((g * r * x / d) @ B)
+
+    One matmul and a few element-wise passes each way: on CPU this is 2-3x faster than
+    `tf.nn.local_response_normalization` and its ``LRNGrad`` kernel (a scalar loop that
+    calls ``pow`` per neighbour), and it makes the whole fp32 training step ~9% faster
+    (bench/NOTES.md). It keeps ``r`` and ``d`` for the gradient (~0.5 GiB more peak
+    memory at batch 128). Computed in float32 for any input dtype; the result has the
+    dtype of ``x``. Equal to `tf.nn.local_response_normalization` (per group) to float32
+    round-off, values and gradients (tests/test_layers.py).
+    """
+    dtype = x.dtype
+    channels = x.shape[-1]
+    if channels is None or channels % groups:
+        raise ValueError(f"LRN needs a known channel count divisible by groups={groups}, got {channels}")
+    alpha, beta, bias = float(alpha), float(beta), float(bias)
+    band = _band_matrix(channels, depth_radius, groups)
+    band_fwd = tf.constant(band * alpha)
+    band_bwd = tf.constant(band * (-2.0 * alpha * beta))
+    k = tf.fill([channels], bias)  # added by BiasAdd, which grappler fuses into the MatMul
+
+    @tf.custom_gradient
+    def _lrn(x32):
+        d = _band_product(tf.square(x32), band_fwd, k)
+        r = _neg_pow(d, beta)
+
+        def grad(g):
+            gr = tf.cast(g, tf.float32) * r
+            return gr + x32 * _band_product(gr * x32 / d, band_bwd)
+
+        return x32 * r, grad
+
+    y = _lrn(tf.cast(x, tf.float32) if dtype != tf.float32 else x)
+    return tf.cast(y, dtype) if dtype != tf.float32 else y
+
+
+LRN_IMPLEMENTATIONS = ("matmul", "tf_nn")
+
+
 @keras.saving.register_keras_serializable(package="keras_alexnet")
 class LocalResponseNormalization(keras.layers.Layer):
     """Local response normalisation across channels (paper §3.3).
@@ -53,6 +136,12 @@ class LocalResponseNormalization(keras.layers.Layer):
     paper's two GPUs did (each normalised its own maps), and what the single-device
     grouped layout of the model uses to compute exactly the two-tower function.
 
+    Two implementations compute the same function: ``"matmul"`` (the default, the fast
+    path: `local_response_normalization` of this module, a banded matmul with a
+    hand-written gradient) and ``"tf_nn"`` (the reference:
+    `tf.nn.local_response_normalization` on each channel group). They agree to float32
+    round-off in values and gradients; the choice changes speed and memory only.
+
     TensorFlow has no bfloat16 LRN kernel on CPU, so a bfloat16 (or float16) input is
     normalised in float32 and cast back; the result's dtype is the input's.
 
@@ -62,6 +151,7 @@ class LocalResponseNormalization(keras.layers.Layer):
         alpha: the scale ``alpha`` (not divided by the window size). Default 1e-4.
         beta: the exponent ``beta``. Default 0.75.
         groups: number of channel groups normalised separately. Default 1.
+        implementation: ``"matmul"`` (default, fast) or ``"tf_nn"`` (reference).
         **kwargs: standard `keras.layers.Layer` arguments (e.g. ``name``).
 
     Call arguments:
@@ -77,8 +167,12 @@ class LocalResponseNormalization(keras.layers.Layer):
         Convolutional Neural Networks", NIPS 2012, §3.3.
     """
 
-    def __init__(self, depth_radius=2, bias=2.0, alpha=1e-4, beta=0.75, groups=1, **kwargs):
+    def __init__(self, depth_radius=2, bias=2.0, alpha=1e-4, beta=0.75, groups=1,
+                 implementation="matmul", **kwargs):
         super().__init__(**kwargs)
+        if implementation not in LRN_IMPLEMENTATIONS:
+            raise ValueError(f"implementation must be one of {LRN_IMPLEMENTATIONS}, got {implementation!r}")
+        self.implementation = implementation
         self.groups = int(groups)
         self.depth_radius = int(depth_radius)
         self.bias = float(bias)
@@ -87,6 +181,10 @@ class LocalResponseNormalization(keras.layers.Layer):
 
     def call(self, inputs):
         x = tf.convert_to_tensor(inputs)
+        if self.implementation == "matmul":
+            return local_response_normalization(
+                x, self.depth_radius, self.bias, self.alpha, self.beta, self.groups
+            )
         dtype = x.dtype
         if dtype != tf.float32:
             x = tf.cast(x, tf.float32)
@@ -116,6 +214,7 @@ class LocalResponseNormalization(keras.layers.Layer):
                 "alpha": self.alpha,
                 "beta": self.beta,
                 "groups": self.groups,
+                "implementation": self.implementation,
             }
         )
         return config

@@ -163,6 +163,7 @@ def AlexNet(
     lrn_alpha=1e-4,
     lrn_beta=0.75,
     lrn=True,
+    lrn_implementation="matmul",
     weight_stddev=0.01,
     positive_bias=1.0,
     dropout=0.5,
@@ -199,6 +200,9 @@ def AlexNet(
             (§3.3: n=5, k=2, alpha=1e-4, beta=0.75). Krizhevsky's 2012 code uses
             ``lrn_alpha=2e-5``; Caffe's bvlc_alexnet ``lrn_alpha=2e-5, lrn_bias=1``.
         lrn: False removes both LRN layers (the paper's ablation, §3.3).
+        lrn_implementation: ``"matmul"`` (default, the fast path) or ``"tf_nn"`` (the
+            reference, `tf.nn.local_response_normalization`): the same function, see
+            `LocalResponseNormalization`.
         weight_stddev: standard deviation of the zero-mean Gaussian that initialises
             every kernel (§5: 0.01), or a dict from paper layer name (``"conv3"``, ...,
             and optionally ``"default"``) to its standard deviation. A value ``"he"``
@@ -243,6 +247,7 @@ def AlexNet(
             alpha=lrn_alpha,
             beta=lrn_beta,
             groups=groups,
+            implementation=lrn_implementation,
             name=name,
         )
 

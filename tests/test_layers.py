@@ -25,6 +25,10 @@ def lrn_reference(a, n=5, k=2.0, alpha=1e-4, beta=0.75):
     return b
 
 
+IMPLEMENTATIONS = pytest.mark.parametrize("implementation", ["matmul", "tf_nn"])
+
+
+@IMPLEMENTATIONS
 @pytest.mark.parametrize(
     "params",
     [
@@ -34,11 +38,11 @@ def lrn_reference(a, n=5, k=2.0, alpha=1e-4, beta=0.75):
         dict(depth_radius=1, bias=0.5, alpha=1e-2, beta=0.5),
     ],
 )
-def test_lrn_equals_paper_formula(params):
+def test_lrn_equals_paper_formula(params, implementation):
     rng = np.random.default_rng(0)
     # Large activations so the alpha term matters (ReLU outputs of conv1 reach ~100s).
     a = rng.uniform(0, 60, size=(2, 5, 6, 16)).astype(np.float32)
-    layer = LocalResponseNormalization(**params)
+    layer = LocalResponseNormalization(**params, implementation=implementation)
     n = 2 * layer.depth_radius + 1
     expected = lrn_reference(a, n=n, k=layer.bias, alpha=layer.alpha, beta=layer.beta)
     got = np.asarray(layer(a), dtype=np.float64)
@@ -47,24 +51,28 @@ def test_lrn_equals_paper_formula(params):
     assert np.max(np.abs(expected - a) / a.clip(1e-6)) > 0.05
 
 
-def test_lrn_groups_normalise_each_half_alone():
+@IMPLEMENTATIONS
+def test_lrn_groups_normalise_each_half_alone(implementation):
     rng = np.random.default_rng(1)
     a = rng.uniform(0, 60, size=(1, 3, 3, 12)).astype(np.float32)
-    got = np.asarray(LocalResponseNormalization(groups=2)(a))
+    got = np.asarray(LocalResponseNormalization(groups=2, implementation=implementation)(a))
     expected = np.concatenate([lrn_reference(a[..., :6]), lrn_reference(a[..., 6:])], axis=-1)
     np.testing.assert_allclose(got, expected, rtol=1e-5)
     # ... which differs from one window across all 12 channels at the boundary.
     assert not np.allclose(expected, lrn_reference(a), rtol=1e-5)
 
 
-def test_lrn_gradient_matches_finite_differences():
+@IMPLEMENTATIONS
+@pytest.mark.parametrize("groups", [1, 2])
+def test_lrn_gradient_matches_finite_differences(implementation, groups):
     rng = np.random.default_rng(2)
-    a = rng.uniform(0, 60, size=(1, 2, 2, 7))
+    a = rng.uniform(0, 60, size=(1, 2, 2, 8))
     w = rng.normal(size=a.shape)  # a random projection so every output matters
     x = tf.constant(a, tf.float32)
+    layer = LocalResponseNormalization(alpha=1e-3, groups=groups, implementation=implementation)
     with tf.GradientTape() as tape:
         tape.watch(x)
-        loss = tf.reduce_sum(LocalResponseNormalization(alpha=1e-3)(x) * w)
+        loss = tf.reduce_sum(layer(x) * w)
     analytic = tape.gradient(loss, x).numpy()
     # Central differences of the float64 NumPy transcription (independent of TF).
     numeric = np.zeros_like(a)
@@ -73,7 +81,9 @@ def test_lrn_gradient_matches_finite_differences():
         up, down = a.copy(), a.copy()
         up[idx] += eps
         down[idx] -= eps
-        f = lambda v: np.sum(lrn_reference(v, alpha=1e-3) * w)
+        f = lambda v: np.sum(
+            np.concatenate([lrn_reference(p, alpha=1e-3) for p in np.split(v, groups, -1)], -1) * w
+        )
         numeric[idx] = (f(up) - f(down)) / (2 * eps)
     np.testing.assert_allclose(analytic, numeric, rtol=1e-3, atol=1e-5)
 
@@ -88,16 +98,60 @@ def test_lrn_survives_keras_save_and_load(tmp_path):
     layer = loaded.get_layer("lrn")
     assert isinstance(layer, LocalResponseNormalization)
     assert (layer.alpha, layer.bias, layer.groups) == (1e-3, 1.5, 2)
+    assert layer.implementation == "matmul"
     x = np.random.default_rng(3).uniform(0, 50, (2, 4, 4, 8)).astype(np.float32)
     np.testing.assert_array_equal(model.predict(x, verbose=0), loaded.predict(x, verbose=0))
 
 
-def test_lrn_in_bfloat16_keeps_dtype_and_value():
+@IMPLEMENTATIONS
+def test_lrn_in_bfloat16_keeps_dtype_and_value(implementation):
     x = np.random.default_rng(4).uniform(0, 50, (1, 3, 3, 8)).astype(np.float32)
-    layer = LocalResponseNormalization(dtype="mixed_bfloat16")
+    layer = LocalResponseNormalization(dtype="mixed_bfloat16", implementation=implementation)
     y = layer(x)
     assert y.dtype == tf.bfloat16
     np.testing.assert_allclose(np.asarray(tf.cast(y, tf.float32)), lrn_reference(x), rtol=2e-2)
+
+
+@pytest.mark.parametrize("groups", [1, 2])
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_lrn_fast_path_equals_tf_nn_reference(groups, dtype):
+    """The default banded-matmul LRN computes tf.nn.local_response_normalization's function:
+    same values and same input gradients, at the size of the model's lrn1 (96 channels)."""
+    rng = np.random.default_rng(5)
+    a = rng.gamma(1.0, 30.0, size=(2, 7, 7, 96)).astype(np.float32)  # ReLU-like, up to ~300
+    g = rng.normal(size=a.shape).astype(np.float32)
+    results = {}
+    for implementation in ("matmul", "tf_nn"):
+        x = tf.cast(tf.constant(a), dtype)
+        layer = LocalResponseNormalization(
+            groups=groups,
+            implementation=implementation,
+            dtype="mixed_bfloat16" if dtype == "bfloat16" else "float32",
+        )
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            y = layer(x)
+            loss = tf.reduce_sum(tf.cast(y, tf.float32) * g)
+        assert y.dtype == x.dtype
+        results[implementation] = (
+            tf.cast(y, tf.float32).numpy(),
+            tf.cast(tape.gradient(loss, x), tf.float32).numpy(),
+        )
+    (y_fast, dx_fast), (y_ref, dx_ref) = results["matmul"], results["tf_nn"]
+    if dtype == "float32":
+        np.testing.assert_allclose(y_fast, y_ref, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(dx_fast, dx_ref, rtol=1e-4, atol=1e-6)
+    else:  # both compute in float32 and round once: at most one bf16 step apart
+        np.testing.assert_allclose(y_fast, y_ref, rtol=2**-7)
+        np.testing.assert_allclose(dx_fast, dx_ref, rtol=2**-7, atol=1e-3)
+    # ... and both equal the paper's formula (NumPy, per group).
+    expected = np.concatenate([lrn_reference(p) for p in np.split(a, groups, -1)], -1)
+    np.testing.assert_allclose(y_fast, expected, rtol=1e-5 if dtype == "float32" else 2**-7)
+
+
+def test_lrn_rejects_unknown_implementation():
+    with pytest.raises(ValueError, match="implementation"):
+        LocalResponseNormalization(implementation="cudnn")
 
 
 # PCA colour augmentation (§4.1) --------------------------------------------------------

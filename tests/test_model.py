@@ -196,6 +196,41 @@ def test_two_towers_equal_single_device_grouped_convolution():
     np.testing.assert_allclose(grads_t["fc6/kernel"], grads_g["fc6/kernel"], rtol=1e-3, atol=1e-6)
 
 
+def _logits_and_grads(model, x, y):
+    loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    with tf.GradientTape() as tape:
+        logits = model(x, training=False)
+        loss = loss_fn(y, logits)
+    grads = tape.gradient(loss, model.trainable_weights)
+    return logits.numpy(), [g.numpy() for g in grads]
+
+
+@pytest.mark.parametrize("grouping", ["towers", "grouped"])
+def test_fast_path_computes_the_reference_function(grouping):
+    """The default model (banded-matmul LRN) and the reference (tf.nn LRN), same weights:
+    same logits and same gradient for every weight. He init keeps the signal alive through
+    the tiny network, and lrn_alpha is raised so that LRN changes the function a lot (a
+    broken LRN could not hide)."""
+    kwargs = dict(TINY, grouping=grouping, weight_stddev="he", positive_bias=0.0, input_scale=1 / 64,
+                  lrn_alpha=0.2, lrn_bias=1.0, classifier_activation=None)
+    fast = keras_alexnet.AlexNet(seed=9, **kwargs)
+    reference = keras_alexnet.AlexNet(seed=10, lrn_implementation="tf_nn", **kwargs)
+    reference.set_weights(fast.get_weights())
+    assert leaf(fast, "lrn1_a" if grouping == "towers" else "lrn1").implementation == "matmul"
+    x = tf.constant(np.random.default_rng(3).normal(0, 60, (4, 67, 67, 3)).astype(np.float32))
+    y = tf.constant([1, 4, 6, 0])
+    logits_f, grads_f = _logits_and_grads(fast, x, y)
+    logits_r, grads_r = _logits_and_grads(reference, x, y)
+    no_lrn = keras_alexnet.AlexNet(seed=11, lrn=False, **kwargs)
+    no_lrn.set_weights(fast.get_weights())
+    assert np.max(np.abs(no_lrn(x).numpy() - logits_r)) > 0.3 * np.std(logits_r)
+    np.testing.assert_allclose(logits_f, logits_r, rtol=1e-4, atol=1e-5 * np.std(logits_r))
+    for w, gf, gr in zip(fast.trainable_weights, grads_f, grads_r):
+        scale = np.max(np.abs(gr))
+        assert scale > 0, w.path
+        np.testing.assert_allclose(gf, gr, rtol=1e-3, atol=1e-4 * scale, err_msg=w.path)
+
+
 def test_weight_conversion_round_trip():
     towers, grouped = _tower_and_grouped_pair(seed=8)
     back = keras_alexnet.AlexNet(seed=99, **TINY)

@@ -243,3 +243,28 @@ def test_precision_is_chosen_by_what_the_hardware_computes():
     assert choose(set(), [(7, 0)]) == "mixed_float16"
     assert choose({"amx_bf16"}, [(6, 1)]) == "float32"  # the GPUs do the work
     assert choose() in ("float32", "mixed_bfloat16", "mixed_float16")
+
+
+def test_xla_is_chosen_only_where_it_measured_faster():
+    xla = training.choose_xla
+    emulated, native = {"avx512f", "avx512_vnni"}, {"avx512f", "amx_bf16"}
+    assert xla("mixed_bfloat16", "towers", emulated, 0) is True  # 27 vs 12 img/s (bench/NOTES.md)
+    assert xla("float32", "towers", emulated, 0) is False  # fp32: oneDNN beats XLA
+    assert xla("mixed_bfloat16", "grouped", emulated, 0) is False  # XLA's grouped conv gradient
+    assert xla("mixed_bfloat16", "towers", native, 0) is False
+    assert xla("mixed_bfloat16", "towers", emulated, 2) is False  # GPUs: not measured here
+
+
+def test_bf16_run_takes_the_fast_path_chosen_for_this_machine(tmp_path, tiny_data):
+    """--precision mixed_bfloat16 trains end to end (bf16 convs, float32 matmul LRN) and
+    records whether XLA was chosen, as `choose_xla` decides for this machine."""
+    run_dir = tmp_path / "bf16"
+    proc = run_train(["--data-dir", str(tiny_data), "--output-dir", str(run_dir), "--epochs", "1",
+                      *TINY_FLAGS, "--max-steps-per-epoch", "2", "--precision", "mixed_bfloat16"])
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    expected = training.choose_xla("mixed_bfloat16", "towers")
+    settings = json.loads((run_dir / "config.json").read_text())["settings"]
+    assert settings["xla"] is expected and settings["precision"] == "mixed_bfloat16"
+    assert ("XLA: on" in proc.stdout) is expected
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["epochs"] == 1 and np.isfinite(summary["final"]["val_loss"])

@@ -69,22 +69,46 @@ def train_speed_table():
     return module.render_table(json.loads(path.read_text()))
 
 
+def _recipe_changes(config):
+    """The recipe fields a run set differently from its preset, as ``field=value``."""
+    from keras_alexnet import recipes
+
+    name = config["data"].get("preset") or "paper"
+    base = recipes.preset(name).to_dict()
+    changed = []
+    for key, value in config["recipe"].items():
+        default = base.get(key)
+        if isinstance(default, tuple):
+            default = list(default)
+        if value != default:
+            changed.append(f"{key}={value:g}" if isinstance(value, float) else f"{key}={value}")
+    return name + (" with " + ", ".join(changed) if changed else "")
+
+
 def runs_table(runs_dir=ROOT / "results"):
-    """One row per run directory under results/ that holds a summary.json."""
-    rows = ["| run | data | recipe | epochs | val top-1 error | val top-5 error | best top-1 (epoch) | hours |",
+    """One row per run directory under results/ that holds a summary.json, then each
+    run's curves (``training_curves.png`` beside it, from `python -m keras_alexnet.visualize`)."""
+    rows = ["| run | data | recipe | epochs | val top-1 / top-5 error (last epoch) | "
+            "best val top-1 error (epoch) | best top-1 accuracy | hours |",
             "|---|---|---|---|---|---|---|---|"]
-    found = False
+    figures = []
     for summary_path in sorted(Path(runs_dir).glob("*/summary.json")):
-        found = True
         run = summary_path.parent
         s = json.loads(summary_path.read_text())
         config = json.loads((run / "config.json").read_text())
         f, b = s["final"], s["best"]
         data = Path(config["data"].get("data_dir") or "").name or config["data"].get("tfds")
-        rows.append(f"| `{run.name}` | {data} ({s['num_classes']} classes) | {config['data'].get('preset')} | "
-                    f"{s['epochs']} | {f['val_top1_error']:.1%} | {f['val_top5_error']:.1%} | "
-                    f"{b['val_top1_error']:.1%} ({b['epoch']}) | {s['total_epoch_seconds'] / 3600:.2f} |")
-    return "\n".join(rows) if found else "(no run in results/ yet)"
+        rows.append(f"| `{run.name}` | {data} ({s['train_images']:,} train / {s['val_images']:,} val images, "
+                    f"{s['num_classes']} classes) | {_recipe_changes(config)} | "
+                    f"{s['epochs']} | {f['val_top1_error']:.1%} / {f['val_top5_error']:.1%} | "
+                    f"{b['val_top1_error']:.1%} ({b['epoch']}) | {1 - b['val_top1_error']:.1%} | "
+                    f"{s['total_epoch_seconds'] / 3600:.2f} |")
+        if (run / "training_curves.png").is_file():
+            rel = (run / "training_curves.png").relative_to(ROOT)
+            figures.append(f"![training curves of {run.name}]({rel})")
+    if len(rows) == 2:
+        return "(no run in results/ yet)"
+    return "\n".join(rows + ([""] + figures if figures else []))
 
 
 SECTIONS = {"runs": runs_table, "train-speed": train_speed_table, "pipeline-speed": pipeline_table,

@@ -268,3 +268,31 @@ def test_bf16_run_takes_the_fast_path_chosen_for_this_machine(tmp_path, tiny_dat
     assert ("XLA: on" in proc.stdout) is expected
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["epochs"] == 1 and np.isfinite(summary["final"]["val_loss"])
+
+
+@pytest.mark.e2e
+def test_loss_falls_on_real_photos(tmp_path, shared_data):
+    """train.py on 4 Imagenette classes of real JPEGs (symlinked, never copied into the
+    repo), through the whole pipeline: the training loss and error fall, epoch by epoch.
+    Dropout and PCA noise are off so that the fall measures learning, not noise."""
+    source = shared_data / "imagenette" / "train"
+    if not source.is_dir():
+        pytest.skip(f"{source} not found")
+    root = tmp_path / "photos"
+    wnids = sorted(p.name for p in source.iterdir() if p.is_dir())[:4]
+    for split, take in (("train", slice(0, 24)), ("val", slice(24, 30))):
+        for wnid in wnids:
+            (root / split / wnid).mkdir(parents=True)
+            for path in sorted((source / wnid).iterdir())[take]:
+                (root / split / wnid / path.name).symlink_to(path)
+    run_dir = tmp_path / "run"
+    proc = run_train(["--data-dir", str(root), "--class-index", "compact", "--output-dir", str(run_dir),
+                      *TINY_FLAGS, "--epochs", "10", "--dropout", "0", "--pca-stddev", "0"])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = [line.split(",") for line in (run_dir / "metrics.csv").read_text().strip().splitlines()]
+    metrics = {name: np.array([float(r[i]) for r in rows[1:]]) for i, name in enumerate(rows[0])}
+    loss, error = metrics["loss"], metrics["top1_error"]
+    assert len(loss) == 10
+    assert loss[-3:].mean() < loss[0] - 0.2, loss  # the loss includes the weight decay term
+    assert np.sum(np.diff(loss) < 0) >= 7, loss  # falling, epoch by epoch
+    assert error[-3:].mean() < error[0] - 0.2, error

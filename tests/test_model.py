@@ -283,8 +283,10 @@ def test_towers_run_forward_and_backward_on_their_devices_in_model_fit():
             assert devices_of(backward, "BiasAddGrad") == {device}
             assert devices_of(backward, "ReluGrad") == {device}
     for tower, device in (("a", "CPU:0"), ("b", "CPU:1")):
-        assert devices_of(rf"/lrn1_{tower}_\d+/", "LRN") == {device}
-        assert devices_of(rf"gradients/\w+/lrn2_{tower}_\d+/", "LRNGrad") == {device}
+        # LRN (the default banded-matmul path): its band matmul and its hand-written
+        # gradient's matmul run with the tower.
+        assert devices_of(rf"^StatefulPartitionedCall/\w+/lrn1_{tower}_\d+/", "MatMul") == {device}
+        assert devices_of(rf"gradients/\w+/lrn2_{tower}_\d+/.*_grad/", "MatMul") == {device}
         assert devices_of(rf"gradients/\w+/pool5_{tower}_\d+/", "MaxPoolGrad") == {device}
     # The weights and their momentum live with their tower too, so the SGD update of tower
     # b's 10 variables (5 kernels, 5 biases) runs on the second device: one momentum

@@ -370,6 +370,16 @@ def summarize(rows, raw=None):
                 cpu_time_ratio=cpu_ratio,
             ))
     s["targets"] = targets
+    # End to end: the same model fed by keras_alexnet.data from JPEGs vs one in-memory batch.
+    s["e2e"] = []
+    for precision in ("fp32", "bf16"):
+        e_id, k_id = f"e2e_towers_{precision}", f"k_towers_{precision}"
+        e, k = ips(e_id), ips(k_id)
+        if e and k:
+            per_rep, n_rep = repeat_ratio(e_id, k_id)
+            s["e2e"].append(dict(precision=precision, jpeg_ips=e, synthetic_ips=k,
+                                 ratio=round(e / k, 3), per_repeat_ratio=per_rep,
+                                 repeats_compared=n_rep))
     k = by.get("k_towers_fp32", {})
     s["keras_train_peak_rss_mib"] = k.get("peak_rss_mib_train")
     return s
@@ -386,7 +396,8 @@ def render_table(results):
         f"Machine: {m['cpu']}, {m['cores']} cores, bf16 instructions: {m['bf16_hardware']}. "
         f"TensorFlow {v['tf']}, Keras {v['keras']}, PyTorch {v['torch']}. "
         f"{results['date']}, `{results['mode']}` run, medians of up to {results['repeats']} "
-        f"interleaved repeats, batch {BATCH}, synthetic inputs.",
+        f"interleaved repeats, batch {BATCH}, synthetic inputs (one in-memory batch) except "
+        f"the JPEG-input rows.",
         "",
         "| network | implementation | precision | layout | XLA | train img/s | inference img/s | train CPU-s/step | peak RSS MiB | runs |",
         "|---|---|---|---|---|---:|---:|---:|---:|---:|",
@@ -441,6 +452,21 @@ def render_table(results):
         cpu = "-" if cpu is None else f"{cpu:.2f}x"
         lines.append(f"| {t['variant']} | {t['target']} | {t['goal']:g}x | "
                      f"{_fmt(t['value'], 3)}x | {per_rep} | {cpu} | {met} | {t['detail']} |")
+    if s.get("e2e"):
+        lines += [
+            "",
+            "End to end (does the input pipeline starve training?): the default model fed by "
+            "`keras_alexnet.data` from Imagenette JPEGs (decode, resize, random crop, flip, "
+            "mean image, PCA noise) against the same model on one in-memory batch.",
+            "",
+            "| precision | JPEG input img/s | synthetic img/s | ratio of medians | per-repeat median |",
+            "|---|---:|---:|---:|---:|",
+        ]
+        for e in s["e2e"]:
+            per_rep = e.get("per_repeat_ratio")
+            per_rep = "-" if per_rep is None else f"{per_rep:.3f} ({e['repeats_compared']})"
+            lines.append(f"| {e['precision']} | {_fmt(e['jpeg_ips'])} | {_fmt(e['synthetic_ips'])} | "
+                         f"{e['ratio']:.3f} | {per_rep} |")
     return "\n".join(lines)
 
 

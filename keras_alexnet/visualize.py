@@ -494,7 +494,7 @@ def _kernel_mosaic(kernels, cols):
     return tile(normalise_per_kernel(kernels), cols=cols, pad=1, pad_value=1.0)
 
 
-def plot_conv1_filters(model, path=None, cols=12):
+def plot_conv1_filters(model, path=None, cols=12, initial=None):
     """The paper's Fig. 3: the 96 conv1 kernels, tower a's 48 above tower b's 48.
 
     Each 11x11x3 kernel is min-max scaled to ``[0, 1]`` on its own and drawn as an RGB
@@ -504,9 +504,15 @@ def plot_conv1_filters(model, path=None, cols=12):
         model: an AlexNet, any layout.
         path: optional PNG path.
         cols: kernels per row (12: four rows per tower).
+        initial: optional model of the same layout holding the weights before training
+            (e.g. `notebook_utils.RunView.initial_model`): then each kernel's *change*
+            (trained minus initial) is drawn. After a short run the kernels are still
+            mostly their random start; the change shows what was learned.
     """
     layout = model_layout(model)
     kernels = conv1_kernels(model)
+    if initial is not None:
+        kernels = kernels - conv1_kernels(initial)
     n = len(kernels)
     half = n // 2
     labels = _tower_labels(layout, n)
@@ -523,7 +529,10 @@ def plot_conv1_filters(model, path=None, cols=12):
         for spine in ax.spines.values():
             spine.set_linewidth(2)
     size = "x".join(str(s) for s in kernels.shape[1:])
-    fig.suptitle(f"conv1: {n} kernels of {size}, each scaled to [0, 1] on its own (Fig. 3)")
+    if initial is None:
+        fig.suptitle(f"conv1: {n} kernels of {size}, each scaled to [0, 1] on its own (Fig. 3)")
+    else:
+        fig.suptitle(f"conv1: {n} kernels minus their initial values, each scaled to [0, 1] (Fig. 3)")
     return _finish(fig, path)
 
 
@@ -992,6 +1001,15 @@ def main(argv=None):
         print(f"wrote {out / name}")
 
     wrote(plot_conv1_filters(model), "conv1_filters.png")
+    try:  # the recipe's seed rebuilds the weights before training
+        from keras_alexnet import notebook_utils
+
+        initial = notebook_utils.open_run(run).initial_model()
+    except Exception as e:  # an old or foreign run: skip this one figure, say why
+        print(f"cannot rebuild the initial weights of {run} ({type(e).__name__}: {e}): "
+              f"skipping conv1_filters_change.png")
+    else:
+        wrote(plot_conv1_filters(model, initial=initial), "conv1_filters_change.png")
     wrote(plot_colour_specificity(model), "colour_specificity.png")
 
     if (run / "metrics.csv").is_file():

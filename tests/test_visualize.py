@@ -414,6 +414,26 @@ def test_command_writes_only_what_its_inputs_allow(towers, tmp_path, capsys):
     assert "last.keras" in printed and "skipping training_curves.png" in printed
 
 
+def test_conv1_change_is_trained_minus_initial(towers):
+    """With ``initial``, the figure draws each kernel minus its initial value: against an
+    all-zero start it is the plain figure; against a shifted copy it is not."""
+
+    def mosaics(fig):
+        return [np.asarray(ax.images[0].get_array()) for ax in fig.axes]
+
+    zero = keras_alexnet.AlexNet(**TINY)
+    zero.set_weights([np.zeros_like(w) for w in towers.get_weights()])
+    plain = viz.plot_conv1_filters(towers)
+    change = viz.plot_conv1_filters(towers, initial=zero)
+    assert "minus their initial values" in change._suptitle.get_text()
+    for a, b in zip(mosaics(plain), mosaics(change)):
+        np.testing.assert_allclose(a, b, atol=1e-6)
+    rng = np.random.default_rng(0)
+    shifted = keras_alexnet.AlexNet(**TINY)
+    shifted.set_weights([w + rng.normal(0, 0.05, w.shape).astype(w.dtype) for w in towers.get_weights()])
+    assert not np.allclose(mosaics(plain)[0], mosaics(viz.plot_conv1_filters(towers, initial=shifted))[0])
+
+
 def test_command_missing_run_or_model_names_the_path(tmp_path):
     missing = tmp_path / "no_such_run"
     with pytest.raises(FileNotFoundError, match="no_such_run"):

@@ -196,9 +196,10 @@ class RunView:
         """Image files of ``split`` of the run's own dataset (sorted by class folder),
         or [] when its data is not a folder here (a TFDS run, another machine)."""
         data = self.config.get("data") or {}
-        if data.get("tfds") or not data.get("data_dir"):
+        root = run_data_dir(self.config)
+        if root is None:
             return []
-        folder = Path(data["data_dir"]) / data.get(f"{split}_split", split)
+        folder = root / data.get(f"{split}_split", split)
         return visualize.list_images(folder) if folder.is_dir() else []
 
     def label(self, path):
@@ -214,6 +215,19 @@ class RunView:
         recipe = recipes.Recipe.from_dict(self.config["recipe"])
         grouping = (self.config.get("settings") or {}).get("grouping", "towers")
         return training.build_model(recipe, len(self.display_names), grouping)
+
+
+def run_data_dir(config):
+    """The run's data folder from its ``config.json``, or None (a TFDS run). A relative
+    ``--data-dir`` is relative to the directory train.py ran in (``working_dir``), not
+    to wherever the notebook runs."""
+    data = config.get("data") or {}
+    if data.get("tfds") or not data.get("data_dir"):
+        return None
+    root = Path(data["data_dir"])
+    if not root.is_absolute() and config.get("working_dir"):
+        root = Path(config["working_dir"]) / root
+    return root
 
 
 def open_run(run_dir):

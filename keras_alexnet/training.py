@@ -618,6 +618,8 @@ def train(recipe, train_source, val_source, settings, stats_path=None, data_desc
         "class_names": list(train_source.class_names),
         "class_index": train_source.class_index,
         "versions": {"tensorflow": tf.__version__, "keras": keras.__version__},
+        # Relative paths in "data" are relative to this (notebooks resolve them with it).
+        "working_dir": os.getcwd(),
     }
     _check_same_config(run_dir, config)
     if is_chief:

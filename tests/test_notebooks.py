@@ -201,6 +201,21 @@ def test_open_run_has_the_runs_preprocessing(tiny_run):
     assert "2 epochs trained" in text and "chance: top-1 error 87.5%" in text
 
 
+def test_relative_data_dir_is_found_from_any_working_directory(tmp_path, monkeypatch):
+    """A run trained with a relative --data-dir: the notebook (run from notebooks/ or
+    anywhere else) finds the data relative to where train.py ran."""
+    where_trained = tmp_path / "checkout"
+    (where_trained / "data" / "val" / "n01440764").mkdir(parents=True)
+    (where_trained / "data" / "val" / "n01440764" / "a.JPEG").write_bytes(b"x")
+    config = {"data": {"data_dir": "data", "tfds": None}, "working_dir": str(where_trained)}
+    monkeypatch.chdir(tmp_path)  # "data" does not exist here
+    assert notebook_utils.run_data_dir(config) == where_trained / "data"
+    assert notebook_utils.run_data_dir({"data": {"data_dir": "/abs/data"}}) == Path("/abs/data")
+    assert notebook_utils.run_data_dir({"data": {"tfds": "imagenette"}}) is None
+    # Runs from before working_dir was recorded keep the old meaning (relative to cwd).
+    assert notebook_utils.run_data_dir({"data": {"data_dir": "data"}}) == Path("data")
+
+
 def test_one_image_falls_back_to_a_drawn_image(tiny_run, monkeypatch):
     run = notebook_utils.open_run(tiny_run)
     run.config = {}  # the run's data is not here

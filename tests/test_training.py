@@ -173,6 +173,7 @@ def check_finished_run(run_dir, epochs):
     assert keras.models.load_model(run_dir / "best.keras").count_params() == model.count_params()
     assert len(list((run_dir / "checkpoints").glob("epoch-*.keras"))) == 1
     config = json.loads((run_dir / "config.json").read_text())
+    assert config["working_dir"] == os.getcwd()  # train.py ran in the test's directory
     assert config["recipe"]["epochs"] == epochs and config["class_names"] == ["disc", "square", "triangle"]
 
 

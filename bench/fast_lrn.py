@@ -20,79 +20,28 @@ scalar triple loop that calls ``pow`` once per (pixel, channel, neighbour). Here
 Computed in float32 for any input dtype (bfloat16 in, bfloat16 out), like the library
 layer, so it equals ``tf.nn.local_response_normalization`` to float32 round-off.
 
-`patch(LocalResponseNormalization, "matmul")` swaps the library layer's ``call`` in the
-calling process only (the benchmark worker uses it); `lrn` is the function to move into
-``keras_alexnet.layers`` if adopted.
+`patch(LocalResponseNormalization, name)` swaps the library layer's ``call`` in the
+calling process only (the benchmark worker uses it). `lrn` was adopted: it is now
+`keras_alexnet.layers.local_response_normalization` (the library's default LRN), imported
+here so that the variants and the tools keep their names.
 """
+
+import os
+import sys
 
 import numpy as np
 import tensorflow as tf
 
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+# The adopted implementation and its helpers live in the library now; the variants below
+# reuse them.
+from keras_alexnet.layers import _band_matrix, _band_product, _neg_pow  # noqa: E402
+from keras_alexnet.layers import local_response_normalization as lrn  # noqa: E402
+
 
 def band_matrix(channels, depth_radius, groups=1, dtype=tf.float32):
-    """The (channels, channels) 0/1 matrix whose column i marks the window of channel i."""
-    idx = np.arange(channels)
-    group = idx // (channels // groups)
-    band = (np.abs(idx[:, None] - idx[None, :]) <= depth_radius) & (
-        group[:, None] == group[None, :]
-    )
-    return tf.constant(band.astype(np.float32), dtype=dtype)
-
-
-def _neg_pow(d, beta):
-    """d ** -beta, without exp/log for the common exponents."""
-    if beta == 0.75:
-        r = tf.math.rsqrt(d)
-        return r * tf.sqrt(r)
-    if beta == 0.5:
-        return tf.math.rsqrt(d)
-    if beta == 1.0:
-        return tf.math.reciprocal(d)
-    return tf.pow(d, -beta)
-
-
-def _band_product(t, band, bias=None):
-    """t (..., C) times band (C, C) (+ bias (C,)), as one 2-D matmul."""
-    shape = tf.shape(t)
-    c = band.shape[0]
-    y = tf.linalg.matmul(tf.reshape(t, [-1, c]), band)
-    if bias is not None:
-        y = tf.nn.bias_add(y, bias)
-    return tf.reshape(y, shape)
-
-
-def lrn(x, depth_radius=2, bias=2.0, alpha=1e-4, beta=0.75, groups=1):
-    """The paper's LRN over the last axis, in ``groups`` separate channel groups.
-
-    Equal to ``tf.nn.local_response_normalization`` (applied per group) to float32
-    round-off; the result has the dtype of ``x``.
-    """
-    dtype = x.dtype
-    channels = x.shape[-1]
-    alpha, beta, bias = float(alpha), float(beta), float(bias)
-    # The constants ride on the two band matrices: forward d = k + (x^2) @ (alpha B), with
-    # k added by BiasAdd (which the grappler fuses into the MatMul); backward
-    # dx = g r + x * ((g r x / d) @ (-2 alpha beta B)).
-    band = band_matrix(channels, depth_radius, groups)
-    band_fwd = band * alpha
-    band_bwd = band * (-2.0 * alpha * beta)
-    k = tf.fill([channels], bias)
-
-    @tf.custom_gradient
-    def _lrn(x32):
-        d = _band_product(tf.square(x32), band_fwd, k)
-        r = _neg_pow(d, beta)
-        y = x32 * r
-
-        def grad(g):
-            gr = tf.cast(g, tf.float32) * r
-            return gr + x32 * _band_product(gr * x32 / d, band_bwd)  # B is symmetric
-
-        return y, grad
-
-    x32 = tf.cast(x, tf.float32) if dtype != tf.float32 else x
-    y = _lrn(x32)
-    return tf.cast(y, dtype) if dtype != tf.float32 else y
+    """The (channels, channels) 0/1 window matrix as a tensor (see `_band_matrix`)."""
+    return tf.constant(_band_matrix(channels, depth_radius, groups), dtype=dtype)
 
 
 def lrn_autodiff(x, depth_radius=2, bias=2.0, alpha=1e-4, beta=0.75, groups=1):

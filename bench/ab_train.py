@@ -46,14 +46,7 @@ def install_dispatching_lrn():
         impl = getattr(self, "_bench_impl", "tf")
         if impl == "tf":
             return original(self, inputs)
-        return fast_lrn.IMPLEMENTATIONS[impl](
-            tf.convert_to_tensor(inputs),
-            depth_radius=self.depth_radius,
-            bias=self.bias,
-            alpha=self.alpha,
-            beta=self.beta,
-            groups=self.groups,
-        )
+        return fast_lrn.call_with(impl, self, inputs)
 
     LocalResponseNormalization.call = call
     return LocalResponseNormalization

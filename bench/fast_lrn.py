@@ -84,19 +84,24 @@ def lrn_xla(x, depth_radius=2, bias=2.0, alpha=1e-4, beta=0.75, groups=1):
 IMPLEMENTATIONS = {"matmul": lrn, "matmul_autodiff": lrn_autodiff, "matmul_xla": lrn_xla}
 
 
+def call_with(name, layer, inputs):
+    """Runs the implementation ``name`` with the parameters of the LRN ``layer``."""
+    return IMPLEMENTATIONS[name](
+        tf.convert_to_tensor(inputs),
+        depth_radius=layer.depth_radius,
+        bias=layer.bias,
+        alpha=layer.alpha,
+        beta=layer.beta,
+        groups=layer.groups,
+    )
+
+
 def patch(layer_class, name):
     """Replaces ``layer_class.call`` by the implementation ``name`` (this process only)."""
-    fn = IMPLEMENTATIONS[name]
+    IMPLEMENTATIONS[name]  # fail now on an unknown name
 
     def call(self, inputs):
-        return fn(
-            tf.convert_to_tensor(inputs),
-            depth_radius=self.depth_radius,
-            bias=self.bias,
-            alpha=self.alpha,
-            beta=self.beta,
-            groups=self.groups,
-        )
+        return call_with(name, self, inputs)
 
     layer_class.call = call
 

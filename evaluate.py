@@ -5,9 +5,9 @@
     python evaluate.py --top5 --checkpoint RUN --tfds imagenet2012 --data-dir ~/tensorflow_datasets
     python evaluate.py --checkpoint RUN --predict photo.jpg [more.jpg DIR ...]
 
---checkpoint is a train.py run directory (best.keras, else last.keras) or a .keras file.
-The run's preprocessing (crop and resize size, mean image from stats.npz, class order
-from config.json) is used. A .keras file outside a run needs --stats FILE or --mean none.
+--checkpoint is a train.py run directory (best.keras, else last.keras), a model directory
+of keras_alexnet.convert (model.keras), or a .keras file. The run's preprocessing (crop
+and resize size, mean, channel order, class order; keras_alexnet.runs.open_run) is used. A .keras file outside a run needs --stats FILE or --mean none.
 --ten-crop: the paper's ten-crop test (§4.1), the softmax averaged over the four corner
 crops, the centre crop and their horizontal reflections. Models that would run code on
 loading (Lambda layers) are refused unless --unsafe-load. Exit code 2: bad arguments,
@@ -76,35 +76,38 @@ def main(argv=None):
     args = parse_args(argv)
 
     # Heavy imports only after the flags are known to be good.
-    from keras_alexnet import data, evaluation
+    from keras_alexnet import data, evaluation, runs
 
     crops = "ten" if args.ten_crop else "center"
     try:
-        checkpoint = evaluation.load_checkpoint(
+        run = runs.open_run(
             args.checkpoint, stats=args.stats, mean=args.mean, resize_size=args.resize_size,
             class_index=args.class_index, unsafe=args.unsafe_load)
-        print(f"Model: {checkpoint.model_path} ({checkpoint.num_classes} classes, "
-              f"{checkpoint.crop_size}x{checkpoint.crop_size} crops of the central "
-              f"{checkpoint.resize_size}x{checkpoint.resize_size}; mean: {checkpoint.mean}"
-              f"{f' from {checkpoint.stats_path}' if checkpoint.stats_path else ''})", flush=True)
-        for note in checkpoint.overrides:
+        pre = run.preprocessing
+        model = run.model
+        print(f"Model: {run.model_path} ({int(model.output_shape[-1])} classes, "
+              f"{pre.crop_size}x{pre.crop_size} crops of the central "
+              f"{pre.resize_size}x{pre.resize_size}; mean: {pre.mean_mode}"
+              f"{f' from {pre.stats_path}' if pre.stats_path else ''}"
+              f"{f'; {pre.channel_order}' if pre.channel_order != 'RGB' else ''})", flush=True)
+        for note in run.overrides:
             print(f"Note: overriding the run's preprocessing: {note}", flush=True)
         output = {}
         if args.predict:
-            predictions = evaluation.predict_files(checkpoint, [Path(p).expanduser() for p in args.predict],
+            predictions = evaluation.predict_files(run, [Path(p).expanduser() for p in args.predict],
                                                    crops=crops, batch_size=args.batch_size)
             print(evaluation.format_predictions(predictions), flush=True)
             output["predictions"] = predictions
         if args.data_dir:
             source = evaluation.load_eval_source(
-                checkpoint, Path(args.data_dir).expanduser(), args.split, tfds_name=args.tfds,
+                run, Path(args.data_dir).expanduser(), args.split, tfds_name=args.tfds,
                 manual_dir=args.manual_dir)
             results = evaluation.run_evaluation(
-                checkpoint, source, crops=crops, top5=args.top5, batch_size=args.batch_size,
+                run, source, crops=crops, top5=args.top5, batch_size=args.batch_size,
                 progress=not args.quiet)
             print(evaluation.format_results(results), flush=True)
             output.update(evaluation.json_ready(results))
-    except (evaluation.EvaluationError, data.DatasetError, FileNotFoundError) as e:
+    except (runs.RunError, data.DatasetError, FileNotFoundError) as e:
         print(f"evaluate.py: error: {e}", file=sys.stderr)
         return 2
     if args.results_file:

@@ -10,7 +10,6 @@ Run the same command again to resume a killed run. See README.md for every flag.
 """
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
@@ -120,7 +119,7 @@ def main(argv=None):
     output_dir = args.output_dir or f"runs/{'default' if builtin else preset}"
 
     # Heavy imports only after the flags are known to be good.
-    from keras_alexnet import data, recipes, synthetic, training
+    from keras_alexnet import data, recipes, runs, synthetic, training
 
     # Multi-worker collectives must be configured before TensorFlow runs any op.
     try:
@@ -137,8 +136,7 @@ def main(argv=None):
         if recipe.crop_size > recipe.resize_size:
             raise ValueError(f"--crop-size {recipe.crop_size} is larger than --resize-size {recipe.resize_size}")
         if builtin:
-            cache = Path(os.environ.get("KERAS_ALEXNET_CACHE", Path.home() / ".cache" / "keras_alexnet"))
-            data_dir = synthetic.make_dataset(cache / "synthetic")
+            data_dir = synthetic.default_dataset()
             print(f"No --data-dir: using the built-in synthetic dataset in {data_dir}", flush=True)
         else:
             data_dir = Path(args.data_dir).expanduser()
@@ -162,17 +160,10 @@ def main(argv=None):
 
     try:
         summary = training.train(recipe, train_source, val_source, settings, args.stats, description, strategy)
-    except ValueError as e:
-        if "another configuration" in str(e):
-            print(f"train.py: error: {e}", file=sys.stderr)
-            return 2
-        raise
-    final, best = summary["final"], summary["best"]
-    print(f"\nValidation after {summary['epochs']} epochs: top-1 error {final['val_top1_error']:.2%}, "
-          f"top-5 error {final['val_top5_error']:.2%} "
-          f"(best top-1 {best['val_top1_error']:.2%} at epoch {best['epoch']}; "
-          f"chance: {1 - 1 / train_source.num_classes:.0%} top-1 over {train_source.num_classes} classes).")
-    print(f"Models: {summary['best_model']} (best), {summary['last_model']} (last); metrics in {output_dir}/metrics.csv")
+    except runs.ConfigMismatchError as e:
+        print(f"train.py: error: {e}", file=sys.stderr)
+        return 2
+    print("\n" + training.format_summary(summary))
     return 0
 
 

@@ -63,7 +63,6 @@ unknown wnid, no images) raise a `DatasetError` naming the path before any train
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import os
 import re
 from pathlib import Path
@@ -72,6 +71,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from keras_alexnet.imagenet import WNID_PATTERN, imagenet_class_names, imagenet_validation_wnids
 from keras_alexnet.layers import (
     IMAGENET_EIGENVALUES,
     IMAGENET_EIGENVECTORS,
@@ -92,11 +92,8 @@ SPLIT_ALIASES = {
     "val": ("val", "validation"),
     "test": ("test",),
 }
-WNID_PATTERN = re.compile(r"^n\d{8}$")
 FLAT_VAL_PATTERN = re.compile(r"^ILSVRC2012_val_(\d{8})\.[A-Za-z]+$")
 
-_TFDS_LABELS = ("datasets", "imagenet2012", "labels.txt")
-_TFDS_VALIDATION_LABELS = ("datasets", "imagenet2012", "validation_labels.txt")
 
 
 class DatasetError(ValueError):
@@ -105,55 +102,6 @@ class DatasetError(ValueError):
 
 class DatasetNotFoundError(DatasetError, FileNotFoundError):
     """A data directory, split or prepared TFDS dataset that does not exist."""
-
-
-# ---------------------------------------------------------------------------------------
-# ImageNet class lists (read from the files that ship inside tensorflow-datasets).
-
-
-def _tfds_file(parts):
-    """Path of a data file inside the installed tensorflow_datasets package.
-
-    Found through the import system without importing the (slow to import) package.
-    """
-    spec = importlib.util.find_spec("tensorflow_datasets")
-    if spec is None or not spec.submodule_search_locations:
-        raise DatasetNotFoundError(
-            "tensorflow-datasets is not installed; it provides the ImageNet label files "
-            f"{'/'.join(parts)}."
-        )
-    return Path(list(spec.submodule_search_locations)[0]).joinpath(*parts)
-
-
-def _read_lines(path):
-    with open(path, encoding="utf-8") as f:
-        return tuple(line.strip() for line in f.read().splitlines() if line.strip())
-
-
-_CACHE = {}
-
-
-def imagenet_class_names():
-    """The 1000 ILSVRC-2012 wnids in the standard class-index order.
-
-    Returns:
-        A tuple of 1000 strings (``"n01440764"``, ...); class ``i`` is element ``i``.
-    """
-    if "labels" not in _CACHE:
-        _CACHE["labels"] = _read_lines(_tfds_file(_TFDS_LABELS))
-    return _CACHE["labels"]
-
-
-def imagenet_validation_wnids():
-    """The wnids of the 50,000 ILSVRC-2012 validation images.
-
-    Returns:
-        A tuple of 50,000 strings; element ``k - 1`` is the class of
-        ``ILSVRC2012_val_{k:08d}.JPEG``.
-    """
-    if "validation" not in _CACHE:
-        _CACHE["validation"] = _read_lines(_tfds_file(_TFDS_VALIDATION_LABELS))
-    return _CACHE["validation"]
 
 
 # ---------------------------------------------------------------------------------------
@@ -198,6 +146,31 @@ class Source:
 
 def _is_image_file(name):
     return name.lower().endswith(IMAGE_EXTENSIONS)
+
+
+def list_images(paths):
+    """Image files named by ``paths`` (by `IMAGE_EXTENSIONS`): files as given,
+    directories searched recursively (sorted).
+
+    Raises:
+        DatasetNotFoundError: a path that does not exist (named).
+    """
+    if isinstance(paths, (str, Path)):
+        paths = [paths]
+    files = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            files.extend(sorted(f for f in p.rglob("*") if f.is_file() and _is_image_file(f.name)))
+        elif p.is_file():
+            files.append(p)
+        else:
+            raise DatasetNotFoundError(f"No such image file or directory: {p}")
+    return files
+
+
+def default_resize_size(crop_size):
+    """The paper's 256 for its 227 crops (§2), the same proportion for other crop sizes."""
+    return int(round(crop_size * RESIZE_SIZE / CROP_SIZE))
 
 
 def _find_split_dir(data_dir, split):
@@ -888,7 +861,10 @@ def _mean_tensor(mean, resize_size):
 
 
 def _select_mean(stats, mean):
-    """The mean array to subtract: ``"image"``, ``"channel"`` or ``"none"``."""
+    """The mean array to subtract: ``"image"``, ``"channel"`` or ``"none"`` of ``stats``,
+    or ``mean`` itself when it is an array."""
+    if mean is not None and not isinstance(mean, str):
+        return np.asarray(mean, np.float32)
     if mean is None:
         mean = "image" if stats is not None else "none"
     if mean not in ("image", "channel", "none"):
@@ -898,6 +874,23 @@ def _select_mean(stats, mean):
     if stats is None:
         raise ValueError(f"mean={mean!r} needs stats (keras_alexnet.stats.load_stats).")
     return stats.mean_image if mean == "image" else stats.channel_mean
+
+
+CHANNEL_ORDERS = ("RGB", "BGR")
+
+
+def normalize(crops, std=None, channel_order="RGB"):
+    """The last steps from a mean-subtracted RGB crop to a network's input: divided by
+    ``std`` (per channel, in RGB order and pixel units; None: 1) and put in the network's
+    ``channel_order`` (``"BGR"`` for Caffe's networks). Works on any ``(..., 3)`` tensor.
+    """
+    if channel_order not in CHANNEL_ORDERS:
+        raise ValueError(f"channel_order must be one of {CHANNEL_ORDERS}, got {channel_order!r}.")
+    if std is not None:
+        crops = crops / tf.constant(np.asarray(std, np.float32))
+    if channel_order == "BGR":
+        crops = tf.reverse(crops, axis=[-1])
+    return crops
 
 
 def _check_sizes(crop_size, resize_size):
@@ -1076,6 +1069,8 @@ def evaluation_dataset(
     crops="center",
     crop_size=CROP_SIZE,
     resize_size=RESIZE_SIZE,
+    std=None,
+    channel_order="RGB",
     num_shards=1,
     shard_index=0,
     counter=None,
@@ -1087,9 +1082,12 @@ def evaluation_dataset(
         batch_size: images per batch (with ``crops="ten"``, each image is 10 crops).
         stats: a `keras_alexnet.stats.DatasetStats` (the *training* set's), or None.
         mean: ``"image"``, ``"channel"`` or ``"none"``; default ``"image"`` with stats.
+            Or the mean itself: a ``(3,)`` or ``(S, S, 3)`` RGB array in pixel units.
         crops: ``"center"`` (one centre crop) or ``"ten"`` (`ten_crops`).
         crop_size: side of the crops (227).
         resize_size: side of the central square (256).
+        std, channel_order: see `normalize` (a converted network's own input, e.g.
+            torchvision's division by the ImageNet std, Caffe's BGR); default: none.
         num_shards: number of shards (every ``num_shards``-th example).
         shard_index: which shard.
         counter: optional `SkipCounter` counting undecodable files.
@@ -1112,7 +1110,8 @@ def evaluation_dataset(
         views, view_shape = center_crop, crop_shape
 
     def view(data, unused_seed):
-        return views(load_image(data, resize_size, from_path), crop_size, mean_t)
+        crops = views(load_image(data, resize_size, from_path), crop_size, mean_t)
+        return normalize(crops, std, channel_order)
 
     ds = _examples(source, False, None, num_shards, shard_index, 1)
     ds = _views(ds, view, view_shape, counter)

@@ -13,156 +13,41 @@
   the center patch) as well as their horizontal reflections ..., and averaging the
   predictions made by the network's softmax layer on the ten patches"
   (`ten_crop_probs`; the crops come from `keras_alexnet.data.evaluation_dataset`).
-- **The run's preprocessing**: `load_checkpoint` loads what ``train.py`` saves (a run
-  directory, preferring ``best.keras`` to ``last.keras``, or a ``.keras`` file inside
-  one) together with what that run used: crop size, resize size and mean mode from
-  ``config.json``'s ``recipe``, the mean image from ``stats.npz``, and the class order
-  (``class_names``, ``class_index``), which `load_eval_source` passes to the data
-  source so that validation indices mean what the model's outputs mean. A bare
-  ``.keras`` file outside a run has no recorded preprocessing, so the caller must say
-  which statistics to subtract (``stats``) or that none are (``mean="none"``).
-- **Safe loading**: models are loaded with ``keras.models.load_model(...,
-  safe_mode=True)``; a file that would run arbitrary code on loading (a ``Lambda``
-  layer holding Python bytecode) raises `UnsafeModelError` unless ``unsafe=True``.
+- **The run's preprocessing**: everything here takes a `keras_alexnet.runs.Run`
+  (`keras_alexnet.runs.open_run`: a run directory of ``train.py``, a model directory of
+  ``keras_alexnet.convert``, or a ``.keras`` file), whose `Preprocessing` was resolved
+  once from the run's files; `load_eval_source` passes its class order to the data
+  source so that validation indices mean what the model's outputs mean. Models are
+  loaded safely (`keras_alexnet.runs.load_model`).
 - **Predictions**: `predict_files` gives each image's top-5 classes with the run's
   preprocessing; `class_display_names` names them.
 
-ImageNet class names. The wnids in class-index order come from tensorflow-datasets
-(``datasets/imagenet2012/labels.txt``, `keras_alexnet.data.imagenet_class_names`). The
-human-readable names ship with this package in ``imagenet_synset_words.txt``: an
-unchanged copy of Caffe's ``data/ilsvrc12/synset_words.txt`` (BSD 2-Clause, Caffe /
-BVLC; the names are WordNet 3.0 lemmas, WordNet 3.0 license, Princeton University),
-with provenance, checksum and both license texts in its header. Nothing is downloaded
-at run time. `imagenet_synset_words` reads it and `imagenet_class_names_human` checks
-that its order is TFDS's before returning the names.
+ImageNet class names come from `keras_alexnet.imagenet`.
 
 Command line: ``python evaluate.py`` (see its ``--help``) parses flags and calls
-`load_checkpoint`, `load_eval_source`, `run_evaluation`, `format_results` and
-`predict_files`.
+`keras_alexnet.runs.open_run`, `load_eval_source`, `run_evaluation`, `format_results`
+and `predict_files`.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import datetime
-import json
 import sys
 import time
-import zipfile
-from pathlib import Path
 
-import keras
 import numpy as np
 import tensorflow as tf
 
-import keras_alexnet  # noqa: F401  (registers the custom layers for load_model)
 from keras_alexnet import data as data_lib
-from keras_alexnet import stats as stats_lib
-from keras_alexnet.visualize import find_model, list_images, top_k
+from keras_alexnet import runs
+from keras_alexnet.model import outputs_probabilities
 
-RUN_MODELS = ("best.keras", "last.keras")  # a run's models, in the order find_model tries them
 CROPS = {"center": 1, "ten": 10}  # crop protocol -> crops per image
-SYNSET_WORDS_FILE = Path(__file__).with_name("imagenet_synset_words.txt")
 
 
-class EvaluationError(ValueError):
-    """A checkpoint, preprocessing or data set that cannot be evaluated as given (the
+class EvaluationError(runs.RunError):
+    """A model, preprocessing or data set that cannot be evaluated as given (the
     message names the problem and the path)."""
-
-
-class CheckpointNotFoundError(EvaluationError, FileNotFoundError):
-    """A checkpoint path (run directory or ``.keras`` file) that does not exist."""
-
-
-class UnsafeModelError(EvaluationError):
-    """A model file that would execute arbitrary code when loaded."""
-
-
-# ---------------------------------------------------------------------------------------
-# ImageNet class names
-
-
-_CACHE = {}
-
-
-def imagenet_synset_words():
-    """The shipped ``imagenet_synset_words.txt``: wnid -> comma-separated names.
-
-    Returns:
-        A dict of 1000 entries in the file's (class-index) order, e.g.
-        ``{"n01440764": "tench, Tinca tinca", "n01443537": "goldfish, Carassius
-        auratus", ...}``. Source and license: the module docstring.
-    """
-    if "words" not in _CACHE:
-        words = {}
-        with open(SYNSET_WORDS_FILE, encoding="utf-8") as f:
-            for line in f:
-                line = line.strip()
-                if not line or line.startswith("#"):
-                    continue
-                wnid, _, names = line.partition(" ")
-                words[wnid] = names.strip()
-        _CACHE["words"] = words
-    return _CACHE["words"]
-
-
-def imagenet_class_names_human(short=False):
-    """Human-readable names of the 1000 ImageNet classes, in class-index order.
-
-    Element ``i`` names class ``i`` of `keras_alexnet.data.imagenet_class_names` (the
-    wnids of tensorflow-datasets' ``labels.txt``): index 0 is ``"tench, Tinca tinca"``
-    (n01440764), index 1 ``"goldfish, Carassius auratus"`` (n01443537).
-
-    Args:
-        short: only the first name of each synset (``"tench"``). Some first names
-            repeat (two classes are called ``"crane"``: the bird and the machine), so
-            show the wnid beside a short name.
-
-    Returns:
-        A tuple of 1000 strings.
-
-    Raises:
-        EvaluationError: the shipped file and tensorflow-datasets disagree on the order.
-    """
-    words = imagenet_synset_words()
-    wnids = data_lib.imagenet_class_names()
-    if list(words) != list(wnids):
-        raise EvaluationError(
-            f"{SYNSET_WORDS_FILE} does not list the 1000 ImageNet wnids in the order of "
-            "tensorflow-datasets' imagenet2012/labels.txt; the class names would be wrong."
-        )
-    names = tuple(words[w] for w in wnids)
-    return tuple(n.split(",")[0].strip() for n in names) if short else names
-
-
-def class_display_names(class_names, num_classes):
-    """Names to print for a model's ``num_classes`` outputs.
-
-    ImageNet wnids become ``"short name (wnid)"`` (``"tench (n01440764)"``); other
-    names (a compact run's folder names: ``"disc"``, ``"square"``, ...) stay as they
-    are. Without ``class_names``, a 1000-class model is taken to speak the ImageNet
-    order and any other is named by index.
-
-    Args:
-        class_names: the run's ``class_names`` (or None).
-        num_classes: the model's number of outputs.
-
-    Returns:
-        A list of ``num_classes`` strings.
-    """
-    if class_names is None:
-        if num_classes != 1000:
-            return [f"class {i}" for i in range(num_classes)]
-        class_names = data_lib.imagenet_class_names()
-    if len(class_names) != num_classes:
-        raise EvaluationError(
-            f"{len(class_names)} class names for a model with {num_classes} outputs."
-        )
-    words = imagenet_synset_words()
-    return [
-        f"{words[n].split(',')[0].strip()} ({n})" if n in words else str(n)
-        for n in class_names
-    ]
 
 
 # ---------------------------------------------------------------------------------------
@@ -213,19 +98,6 @@ def topk_counts(probs, labels, k):
 
 # ---------------------------------------------------------------------------------------
 # Predicting
-
-
-def outputs_probabilities(model):
-    """Whether ``model`` ends in a softmax (True) or gives logits (False).
-
-    A last layer that declares an activation other than softmax (``fc8`` of
-    ``AlexNet(classifier_activation=None)``) means logits; a last layer without an
-    activation attribute is taken to give probabilities.
-    """
-    activation = getattr(model.layers[-1], "activation", None)
-    if activation is None:
-        return True
-    return getattr(activation, "__name__", "") == "softmax"
 
 
 def _softmax_of(model, images, from_logits):
@@ -379,292 +251,11 @@ def evaluate(
 
 
 # ---------------------------------------------------------------------------------------
-# Checkpoints and their preprocessing
+# A run on a data set
 
 
-def load_model(path, *, unsafe=False):
-    """Loads a ``.keras`` model for inference (uncompiled), safely by default.
-
-    Args:
-        path: the ``.keras`` file.
-        unsafe: allow a model that runs arbitrary code on loading (a ``Lambda`` layer
-            with Python bytecode): ``safe_mode=False``. Only for files you trust.
-
-    Raises:
-        UnsafeModelError: the file needs ``unsafe=True``.
-        EvaluationError: the file is not a readable Keras model.
-    """
-    path = Path(path)
-    if not zipfile.is_zipfile(path):
-        raise EvaluationError(
-            f"Cannot load the model {path}: not a .keras archive (a zip file); is it "
-            "truncated, or another format?"
-        )
-    try:
-        return keras.models.load_model(path, compile=False, safe_mode=not unsafe)
-    except ValueError as e:
-        message = str(e)
-        if not unsafe and ("safe_mode" in message or "unsafe_deserialization" in message):
-            raise UnsafeModelError(
-                f"Refusing to load {path}: it holds code that would run when the model is "
-                f"loaded ({message.split('.')[0]}). Load it only if you trust where it came "
-                "from, with --unsafe-load (keras safe_mode=False)."
-            ) from e
-        raise EvaluationError(f"Cannot load the model {path}: {message}") from e
-    except (OSError, zipfile.BadZipFile, KeyError, TypeError) as e:
-        raise EvaluationError(f"Cannot load the model {path}: {type(e).__name__}: {e}") from e
-
-
-def find_checkpoint(path):
-    """The model file and the run directory (or None) a ``--checkpoint`` path names.
-
-    - A run directory (holding ``config.json``): its ``best.keras``, else
-      ``last.keras``.
-    - A ``.keras`` file: itself; its run directory is its folder when that holds
-      ``config.json`` (``RUN/best.keras``), or the folder above for
-      ``RUN/checkpoints/epoch-NNNN.keras``.
-    - A directory without ``config.json`` is searched for a model the same way but has
-      no run (its preprocessing is unknown).
-
-    Returns:
-        ``(model_path, run_dir or None)``.
-
-    Raises:
-        CheckpointNotFoundError: nothing at ``path``, or a directory without a model.
-        EvaluationError: a file that is not ``.keras``.
-    """
-    path = Path(path).expanduser()
-    if not path.exists():
-        raise CheckpointNotFoundError(f"Checkpoint not found: {path} does not exist.")
-    if path.is_dir():
-        try:
-            model_path = find_model(path)
-        except FileNotFoundError as e:
-            raise CheckpointNotFoundError(str(e)) from e
-        return model_path, path if (path / "config.json").is_file() else None
-    if path.suffix != ".keras":
-        raise EvaluationError(
-            f"{path} is not a .keras model file; pass a run directory of train.py or its "
-            f"{' / '.join(RUN_MODELS)}."
-        )
-    candidates = [path.parent]
-    if path.parent.name == "checkpoints":
-        candidates.append(path.parent.parent)
-    run_dir = next((d for d in candidates if (d / "config.json").is_file()), None)
-    return path, run_dir
-
-
-def _read_json(path):
-    try:
-        return json.loads(Path(path).read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise EvaluationError(f"Cannot read {path}: {e}") from e
-
-
-def _load_stats(path):
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointNotFoundError(f"Statistics file not found: {path}.")
-    try:
-        return stats_lib.load_stats(path)
-    except (OSError, KeyError, ValueError, zipfile.BadZipFile) as e:
-        raise EvaluationError(
-            f"Cannot read the statistics {path} (expected an .npz from "
-            f"`python -m keras_alexnet.stats`): {e}"
-        ) from e
-
-
-def default_resize_size(crop_size):
-    """The paper's 256 for its 227 crops, the same proportion for other crop sizes."""
-    return int(round(crop_size * data_lib.RESIZE_SIZE / data_lib.CROP_SIZE))
-
-
-@dataclasses.dataclass(eq=False)
-class Checkpoint:
-    """A loaded model and the preprocessing it must be evaluated with.
-
-    Attributes:
-        model: the Keras model (uncompiled).
-        model_path: its ``.keras`` file.
-        run_dir: the ``train.py`` run directory it belongs to, or None.
-        crop_size: side of the crops (the model's input size).
-        resize_size: side of the central square the crops are taken from.
-        mean: ``"image"``, ``"channel"`` or ``"none"``.
-        stats: the training statistics (`keras_alexnet.stats.DatasetStats`) or None.
-        stats_path: where ``stats`` came from.
-        class_names: the run's class names (its output order), or None.
-        class_index: ``"imagenet"`` / ``"compact"`` (the run's) or ``"auto"``.
-        num_classes: the model's number of outputs.
-        overrides: the run settings replaced by explicit arguments, as messages.
-    """
-
-    model: keras.Model
-    model_path: Path
-    run_dir: Path | None
-    crop_size: int
-    resize_size: int
-    mean: str
-    stats: stats_lib.DatasetStats | None
-    stats_path: Path | None
-    class_names: tuple | None
-    class_index: str
-    num_classes: int
-    overrides: tuple = ()
-
-    def preprocessing(self):
-        """JSON-ready description of the preprocessing used."""
-        return {
-            "crop_size": self.crop_size,
-            "resize_size": self.resize_size,
-            "mean": self.mean,
-            "stats": str(self.stats_path) if self.stats_path else None,
-            "from": f"{self.run_dir / 'config.json'}" if self.run_dir else "arguments",
-            "overrides": list(self.overrides),
-        }
-
-    def display_names(self):
-        """`class_display_names` of this model's outputs."""
-        return class_display_names(self.class_names, self.num_classes)
-
-
-def load_checkpoint(
-    path,
-    *,
-    stats=None,
-    mean=None,
-    resize_size=None,
-    class_index="auto",
-    unsafe=False,
-):
-    """Loads a model with the preprocessing of the run that trained it.
-
-    With a run (see `find_checkpoint`): crop size, resize size and mean mode come from
-    the run's ``config.json`` (``recipe``), the mean image from its ``stats.npz``, the
-    class order from ``class_names`` / ``class_index``. ``stats``, ``mean`` and
-    ``resize_size`` given explicitly replace the run's values (listed in
-    ``Checkpoint.overrides``). Without a run, the preprocessing must be given: ``stats``
-    (mean ``"image"`` by default) or ``mean="none"``; the resize size defaults to
-    ``crop * 256 / 227``.
-
-    Args:
-        path: a run directory or a ``.keras`` file.
-        stats: path of a statistics ``.npz`` (``python -m keras_alexnet.stats``).
-        mean: ``"image"``, ``"channel"`` or ``"none"``.
-        resize_size: side of the central square.
-        class_index: for a model without a run: ``"auto"``, ``"imagenet"`` or
-            ``"compact"`` (see `keras_alexnet.data`).
-        unsafe: see `load_model`.
-
-    Returns:
-        A `Checkpoint`.
-
-    Raises:
-        CheckpointNotFoundError, UnsafeModelError, EvaluationError: with the path.
-    """
-    if mean not in (None, "image", "channel", "none"):
-        raise ValueError(f"mean must be 'image', 'channel' or 'none', got {mean!r}.")
-    model_path, run_dir = find_checkpoint(path)
-    config = _read_json(run_dir / "config.json") if run_dir else None
-    if run_dir is None and stats is None and mean != "none":  # checked before the slow load
-        where = f"{model_path.parent / 'config.json'} does not exist"
-        raise EvaluationError(
-            f"{model_path} is not inside a train.py run directory ({where}), so the "
-            "preprocessing it was trained with is unknown. Pass it explicitly: "
-            "--stats FILE (the training set's statistics, from `python -m "
-            "keras_alexnet.stats`) or --mean none."
-        )
-    model = load_model(model_path, unsafe=unsafe)
-
-    shape = tuple(model.input_shape)
-    if len(shape) != 4 or shape[1] is None or shape[1] != shape[2] or shape[3] != 3:
-        raise EvaluationError(
-            f"{model_path}: expected a model of square RGB images (None, c, c, 3), "
-            f"got input shape {shape}."
-        )
-    crop = int(shape[1])
-    num_classes = int(model.output_shape[-1])
-    overrides = []
-
-    if run_dir is not None:
-        recipe = config.get("recipe") or {}
-        run_crop = recipe.get("crop_size")
-        if run_crop is not None and int(run_crop) != crop:
-            raise EvaluationError(
-                f"{model_path} takes {crop}x{crop} inputs but its run "
-                f"{run_dir / 'config.json'} says crop_size {run_crop}."
-            )
-        run_classes = config.get("num_classes")
-        if run_classes is not None and int(run_classes) != num_classes:
-            raise EvaluationError(
-                f"{model_path} has {num_classes} outputs but its run "
-                f"{run_dir / 'config.json'} says num_classes {run_classes}."
-            )
-        run_mean = recipe.get("mean", "image")
-        run_resize = int(recipe.get("resize_size") or default_resize_size(crop))
-        if mean is not None and mean != run_mean:
-            overrides.append(f"mean {mean!r} instead of the run's {run_mean!r}")
-        if resize_size is not None and resize_size != run_resize:
-            overrides.append(f"resize size {resize_size} instead of the run's {run_resize}")
-        mean = mean or run_mean
-        resize_size = resize_size or run_resize
-        if stats is not None:
-            overrides.append(f"statistics {stats} instead of the run's {run_dir / 'stats.npz'}")
-            stats_path = Path(stats)
-        elif mean != "none":
-            stats_path = run_dir / "stats.npz"
-            if not stats_path.is_file():
-                raise CheckpointNotFoundError(
-                    f"The run {run_dir} subtracted the {run_mean} mean but its statistics "
-                    f"{stats_path} are missing; pass --stats FILE with the statistics it "
-                    "was trained with."
-                )
-        else:
-            stats_path = None
-        names = config.get("class_names")
-        class_names = tuple(str(n) for n in names) if names else None
-        if class_names is not None and len(class_names) != num_classes:
-            raise EvaluationError(
-                f"{run_dir / 'config.json'} lists {len(class_names)} class names for a "
-                f"model with {num_classes} outputs ({model_path})."
-            )
-        class_index = config.get("class_index") or "auto"
-    else:
-        stats_path = Path(stats) if stats is not None else None
-        mean = mean or ("image" if stats is not None else "none")
-        resize_size = resize_size or default_resize_size(crop)
-        class_names = None
-
-    if stats is not None and mean == "none":
-        raise EvaluationError(
-            f"The statistics {stats} would not be used: the mean is 'none'. Pass "
-            "--mean image or channel with them, or leave --stats out."
-        )
-    stats_obj = _load_stats(stats_path) if mean != "none" else None
-    if stats_obj is None:
-        stats_path = None
-    if resize_size < crop:
-        raise EvaluationError(
-            f"resize size {resize_size} is smaller than the model's {crop}x{crop} crops "
-            f"({model_path})."
-        )
-    return Checkpoint(
-        model=model,
-        model_path=Path(model_path),
-        run_dir=run_dir,
-        crop_size=crop,
-        resize_size=int(resize_size),
-        mean=mean,
-        stats=stats_obj,
-        stats_path=stats_path,
-        class_names=class_names,
-        class_index=class_index,
-        num_classes=num_classes,
-        overrides=tuple(overrides),
-    )
-
-
-def load_eval_source(checkpoint, data_dir, split="val", *, tfds_name=None, manual_dir=None):
-    """The validation source, indexed the way the checkpoint's outputs are.
+def load_eval_source(run, data_dir, split="val", *, tfds_name=None, manual_dir=None):
+    """The validation source, indexed the way the run's model outputs are.
 
     The run's ``class_names`` and ``class_index`` are passed to
     `keras_alexnet.data.load_source`, so a compact run's folder order, or the ImageNet
@@ -679,62 +270,41 @@ def load_eval_source(checkpoint, data_dir, split="val", *, tfds_name=None, manua
         split,
         tfds_name=tfds_name,
         manual_dir=manual_dir,
-        class_index=checkpoint.class_index,
-        class_names=checkpoint.class_names,
+        class_index=run.class_index,
+        class_names=run.class_names,
     )
-    check_num_classes(checkpoint, source)
+    check_num_classes(run, source)
     return source
 
 
-def check_num_classes(checkpoint, source):
+def check_num_classes(run, source):
     """Raises `EvaluationError` naming both counts and paths when they differ."""
-    if source.num_classes != checkpoint.num_classes:
+    num_classes = run.num_classes if run.num_classes is not None else int(run.model.output_shape[-1])
+    if source.num_classes != num_classes:
         hint = ""
-        if checkpoint.run_dir is None:
+        if run.path is None:
             hint = " (--class-index imagenet or compact chooses how folders are indexed)"
         raise EvaluationError(
-            f"The model {checkpoint.model_path} has {checkpoint.num_classes} classes but the "
+            f"The model {run.model_path} has {num_classes} classes but the "
             f"data {source.location} has {source.num_classes} ({source.class_index} "
             f"indices){hint}."
         )
 
 
-def _versions():
-    return {
-        "tensorflow": tf.__version__,
-        "keras": keras.__version__,
-        "keras_alexnet": keras_alexnet.__version__,
-    }
-
-
-def checkpoint_dataset(checkpoint, source, crops, batch_size, counter=None):
-    """`keras_alexnet.data.evaluation_dataset` with the checkpoint's own preprocessing."""
-    return data_lib.evaluation_dataset(
-        source,
-        batch_size,
-        stats=checkpoint.stats,
-        mean=checkpoint.mean,
-        crops=crops,
-        crop_size=checkpoint.crop_size,
-        resize_size=checkpoint.resize_size,
-        counter=counter,
-    )
-
-
-def run_evaluation(checkpoint, source, *, crops="center", top5=True, batch_size=32, progress=True):
-    """Evaluates a checkpoint on a source with its preprocessing (what ``evaluate.py``
-    runs).
+def run_evaluation(run, source, *, crops="center", top5=True, batch_size=32, progress=True):
+    """Evaluates a run's model on a source with the run's preprocessing (what
+    ``evaluate.py`` runs).
 
     Returns:
-        The `evaluate` dict plus ``checkpoint``, ``run_dir``, ``data``, ``split``,
-        ``class_index``, ``listed`` (files listed), ``non_image_files``,
+        The `evaluate` dict plus ``checkpoint`` (the model file), ``run_dir``, ``data``,
+        ``split``, ``class_index``, ``listed`` (files listed), ``non_image_files``,
         ``preprocessing``, ``versions`` and ``date`` (UTC).
     """
-    check_num_classes(checkpoint, source)
+    check_num_classes(run, source)
     counter = data_lib.SkipCounter()
-    dataset = checkpoint_dataset(checkpoint, source, crops, batch_size, counter)
+    dataset = run.preprocessing.dataset(source, batch_size, crops, counter)
     result = evaluate(
-        checkpoint.model,
+        run.model,
         dataset,
         crops=crops,
         ks=(1, 5) if top5 else (1,),
@@ -743,16 +313,16 @@ def run_evaluation(checkpoint, source, *, crops="center", top5=True, batch_size=
         progress=progress,
     )
     result.update(
-        checkpoint=str(checkpoint.model_path),
-        run_dir=str(checkpoint.run_dir) if checkpoint.run_dir else None,
+        checkpoint=str(run.model_path),
+        run_dir=str(run.path) if run.path else None,
         data=source.location,
         split=source.split,
         class_index=source.class_index,
         listed=source.num_examples,
         non_image_files=len(source.non_image_files),
         batch_size=batch_size,
-        preprocessing=checkpoint.preprocessing(),
-        versions=_versions(),
+        preprocessing=dict(run.preprocessing.to_json(), overrides=list(run.overrides)),
+        versions=runs.versions(),
         date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     )
     return result
@@ -807,17 +377,41 @@ def json_ready(results):
 # Predictions for image files
 
 
-def predict_files(checkpoint, paths, *, crops="center", k=5, batch_size=16):
-    """Top-``k`` classes of image files with the checkpoint's preprocessing.
-
-    The images go through the evaluation pipeline itself
-    (`keras_alexnet.data.evaluation_dataset`: shorter side to the resize size, central
-    square, centre crop or ten crops, the run's mean subtracted), each labelled with its
-    position in ``paths`` so that the undecodable ones, which the pipeline drops, are
-    known.
+def top_k(probs, class_names, k=5):
+    """The ``k`` most probable classes of each row of ``probs``.
 
     Args:
-        checkpoint: a `Checkpoint`.
+        probs: array ``(n, classes)`` (or ``(classes,)``).
+        class_names: ``classes`` names (or None for the class indices as strings).
+        k: how many.
+
+    Returns:
+        a list of ``n`` lists of ``(name, probability)``, most probable first (ties:
+        lower class index first).
+    """
+    probs = np.asarray(probs, dtype=np.float64)
+    if probs.ndim == 1:
+        probs = probs[None]
+    if class_names is None:
+        class_names = [str(i) for i in range(probs.shape[1])]
+    if len(class_names) != probs.shape[1]:
+        raise ValueError(
+            f"{len(class_names)} class names for a model with {probs.shape[1]} classes."
+        )
+    order = np.argsort(-probs, axis=1, kind="stable")[:, :k]
+    return [[(class_names[j], float(p[j])) for j in row] for p, row in zip(probs, order)]
+
+
+def predict_files(run, paths, *, crops="center", k=5, batch_size=16):
+    """Top-``k`` classes of image files with the run's preprocessing.
+
+    The images go through the evaluation pipeline itself (`Preprocessing.dataset`:
+    shorter side to the resize size, central square, centre crop or ten crops, the
+    run's mean, std and channel order), each labelled with its position in ``paths`` so
+    that the undecodable ones, which the pipeline drops, are known.
+
+    Args:
+        run: a `keras_alexnet.runs.Run`.
         paths: image files or directories (searched recursively).
         crops: ``"center"`` or ``"ten"``.
         k: classes per image (at most the model's).
@@ -825,14 +419,15 @@ def predict_files(checkpoint, paths, *, crops="center", k=5, batch_size=16):
 
     Returns:
         A list with one dict per file, in order: ``path``, and ``top`` (a list of
-        ``(class index, display name, probability)``, most probable first) or
-        ``error`` (the file could not be decoded).
+        ``(class index, display name, probability)``, most probable first) and
+        ``probabilities`` (all classes), or ``error`` (the file could not be decoded).
     """
-    files = [str(p) for p in list_images(paths)]
+    files = [str(p) for p in data_lib.list_images(paths)]
     if not files:
         raise EvaluationError(f"No image files in {', '.join(map(str, paths))}.")
-    names = checkpoint.display_names()
-    index_names = [str(i) for i in range(checkpoint.num_classes)]
+    num_classes = int(run.model.output_shape[-1])
+    names = run.display_names()
+    index_names = [str(i) for i in range(num_classes)]
     positions = np.arange(len(files), dtype=np.int32)
     source = data_lib.Source(
         location="predict",
@@ -846,23 +441,25 @@ def predict_files(checkpoint, paths, *, crops="center", k=5, batch_size=16):
         paths=np.array(files, dtype=object),
         labels=positions,
     )
-    dataset = checkpoint_dataset(checkpoint, source, crops, batch_size)
-    predict = make_predict_fn(checkpoint.model, crops)
+    dataset = run.preprocessing.dataset(source, batch_size, crops)
+    predict = make_predict_fn(run.model, crops)
     found = {}
     for images, position in dataset:
         probs = predict(images).numpy()
         for p, row in zip(position.numpy(), probs):
             found[int(p)] = row
-    k = min(k, checkpoint.num_classes)
+    k = min(k, num_classes)
     out = []
     for i, path in enumerate(files):
         if i not in found:
             out.append({"path": path, "error": "cannot be decoded as an image"})
             continue
         ranked = top_k(found[i], index_names, k)[0]
-        out.append(
-            {"path": path, "top": [(int(j), names[int(j)], float(p)) for j, p in ranked]}
-        )
+        out.append({
+            "path": path,
+            "top": [(int(j), names[int(j)], float(p)) for j, p in ranked],
+            "probabilities": [float(p) for p in found[i]],
+        })
     return out
 
 

@@ -10,6 +10,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from keras_alexnet.keras_compat import call_has_training_arg, onednn_enabled
+
 # ImageNet RGB PCA from fb.resnet.torch, on pixels scaled to [0, 1] (REFERENCE.md, "Data").
 # Eigenvectors are the columns. Multiplied by 255 these are the Caffe-era values
 # [55.46, 4.794, 1.148] used on [0, 255] pixels.
@@ -363,7 +365,7 @@ class OnDevice(keras.layers.Wrapper):
         self.built = True
 
     def call(self, inputs, training=None):
-        kwargs = {"training": training} if self.layer._call_has_training_arg else {}
+        kwargs = {"training": training} if call_has_training_arg(self.layer) else {}
         if self.device is None:
             return self.layer(inputs, **kwargs)
         with tf.device(self.device):
@@ -443,12 +445,23 @@ class GroupedConv2D(keras.layers.Layer):
         )
 
     def call(self, inputs):
-        y = tf.nn.conv2d(
-            inputs,
-            tf.cast(self.kernel, inputs.dtype),
-            strides=self.strides,
-            padding=self.padding.upper(),
+        kernel = tf.cast(self.kernel, inputs.dtype)
+        conv = lambda x, k: tf.nn.conv2d(  # noqa: E731
+            x, k, strides=self.strides, padding=self.padding.upper()
         )
+        if onednn_enabled():
+            y = conv(inputs, kernel)
+        else:
+            # Without oneDNN (TensorFlow turns it off on CPUs without AVX-512, e.g. AVX2
+            # EPYCs) the fused Conv2D+BiasAdd+ReLU kernel that TensorFlow's graph
+            # optimiser substitutes refuses groups ("Fused conv implementation does not
+            # support grouped convolutions"): one convolution per group, concatenated,
+            # is the same function.
+            y = tf.concat(
+                [conv(x, k) for x, k in zip(tf.split(inputs, self.groups, axis=-1),
+                                            tf.split(kernel, self.groups, axis=-1))],
+                axis=-1,
+            )
         y = tf.nn.bias_add(y, tf.cast(self.bias, y.dtype))
         return self.activation(y)
 

@@ -19,8 +19,7 @@ import numpy as np
 import keras
 import tensorflow as tf
 
-from keras.src.losses.loss import unscale_loss_for_distribution
-
+from keras_alexnet.keras_compat import TowerTrainStep, colocate_optimizer_slots
 from keras_alexnet.layers import GroupedConv2D, LocalResponseNormalization, OnDevice
 
 # The paper's five conv layers (§3.5): (kernels, size, stride, padding, towers-only input).
@@ -59,21 +58,21 @@ def default_devices():
 
 
 @keras.saving.register_keras_serializable(package="keras_alexnet")
-class AlexNetModel(keras.Model):
+class AlexNetModel(TowerTrainStep, keras.Model):
     """A functional `keras.Model` whose training step keeps gradients on their towers.
 
-    Keras' own TensorFlow train step takes gradients with `tf.GradientTape`; tape
-    gradients carry no device, so the backward pass of both towers lands on the first
-    device. Inside the compiled train step this class takes them with `tf.gradients`,
-    which colocates each gradient op with its forward op: tower b's
-    `Conv2DBackpropFilter` then runs on tower b's device. Everything else is Keras'
-    ``train_step`` unchanged (loss, loss scaling for mixed precision, metrics). When run
-    eagerly (``run_eagerly=True``) there is no graph, and it falls back to the tape.
+    Keras' own train step takes gradients with `tf.GradientTape`, whose gradient ops
+    carry no device, so the backward pass of both towers would land on the first device.
+    `keras_alexnet.keras_compat.TowerTrainStep` takes them with `tf.gradients` inside
+    the compiled step (each gradient colocated with its forward op: tower b's
+    `Conv2DBackpropFilter` runs on tower b's device), and `compile` makes the optimizer
+    create each slot on its variable's device. Everything else is Keras' (loss, loss
+    scaling for mixed precision, metrics).
     """
 
     def compile(self, optimizer="rmsprop", **kwargs):
         super().compile(optimizer=optimizer, **kwargs)
-        _colocate_optimizer_slots(self.optimizer)
+        colocate_optimizer_slots(self.optimizer)
 
     def compile_from_config(self, config):
         # Keras skips compiling a loaded model whose class overrides `compile` unless it
@@ -82,64 +81,6 @@ class AlexNetModel(keras.Model):
         self.compile(**config)
         if getattr(self, "optimizer", None) is not None and self.built:
             self.optimizer.build(self.trainable_variables)
-
-    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
-        # Under a strategy Keras 3.15 all-reduces (MEAN) the first distributed batch
-        # eagerly, only to learn its shapes; MultiWorkerMirroredStrategy fails there
-        # ("Attempt to convert a value (PerReplica ...) to a Tensor"). The first
-        # replica's local batch has the same shapes.
-        if self._distribute_strategy is None or iterator is None:
-            return super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
-        for _, _, it in iterator:
-            data_batch = tf.nest.map_structure(
-                lambda v: self.distribute_strategy.experimental_local_results(v)[0]
-                if isinstance(v, tf.distribute.DistributedValues)
-                else v,
-                next(it),
-            )
-            break
-        with self.distribute_strategy.scope():
-            self._symbolic_build(data_batch=data_batch)
-
-    def train_step(self, data):
-        if tf.executing_eagerly():
-            return super().train_step(data)
-        x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
-        y_pred = self(x, training=True)
-        loss = self._compute_loss(
-            x=x, y=y, y_pred=y_pred, sample_weight=sample_weight, training=True
-        )
-        self._loss_tracker.update_state(
-            unscale_loss_for_distribution(loss), sample_weight=tf.shape(x)[0]
-        )
-        if self.optimizer is not None:
-            loss = self.optimizer.scale_loss(loss)
-        trainable_weights = self.trainable_weights
-        gradients = tf.gradients(loss, [v.value for v in trainable_weights])
-        self.optimizer.apply_gradients(zip(gradients, trainable_weights))
-        return self.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
-
-
-def _colocate_optimizer_slots(optimizer):
-    """Makes ``optimizer`` create each slot (e.g. SGD momentum) on its variable's device.
-
-    Keras creates slot variables wherever the optimizer is built (the first device), so
-    without this tower b's momentum would live on tower a's device and cross devices at
-    every step. The paper's GPUs each held their own tower's state.
-    """
-    inner = getattr(optimizer, "inner_optimizer", None)  # LossScaleOptimizer
-    if inner is not None:
-        _colocate_optimizer_slots(inner)
-    if getattr(optimizer, "_keras_alexnet_colocated", False):
-        return
-    original = optimizer.add_variable_from_reference
-
-    def add_variable_from_reference(reference_variable, name=None, initializer="zeros"):
-        with tf.device(reference_variable.value.device):
-            return original(reference_variable, name=name, initializer=initializer)
-
-    optimizer.add_variable_from_reference = add_variable_from_reference
-    optimizer._keras_alexnet_colocated = True
 
 
 def _weight_stddev(weight_stddev, layer):
@@ -352,6 +293,19 @@ def AlexNet(
     if weights is not None:
         model.load_weights(weights)
     return model
+
+
+def outputs_probabilities(model):
+    """Whether ``model`` ends in a softmax (True) or gives logits (False).
+
+    A last layer that declares an activation other than softmax (``fc8`` of
+    ``AlexNet(classifier_activation=None)``) means logits; a last layer without an
+    activation attribute is taken to give probabilities.
+    """
+    activation = getattr(model.layers[-1], "activation", None)
+    if activation is None:
+        return True
+    return getattr(activation, "__name__", "") == "softmax"
 
 
 def paper_layer(layer_name):

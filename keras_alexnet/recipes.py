@@ -75,6 +75,7 @@ class Recipe:
             fc_units=self.fc_units,
             input_scale=self.input_scale,
             input_shape=(self.crop_size, self.crop_size, 3),
+            seed=self.seed,
         )
 
 

@@ -108,3 +108,18 @@ def make_dataset(root, num_classes=8, train_per_class=150, val_per_class=40, siz
                 draw_image(label, rng, size).save(folder / f"{CLASSES[label]}_{i:05d}.JPEG", quality=90)
     manifest_path.write_text(json.dumps(manifest, indent=1))
     return root
+
+
+CACHE_ENV = "KERAS_ALEXNET_CACHE"  # where the built-in dataset (and the notebooks' run) go
+
+
+def cache_dir():
+    """``$KERAS_ALEXNET_CACHE``, else ``~/.cache/keras_alexnet``."""
+    import os
+
+    return Path(os.environ.get(CACHE_ENV, Path.home() / ".cache" / "keras_alexnet")).expanduser()
+
+
+def default_dataset():
+    """The built-in dataset, drawn once into ``cache_dir() / "synthetic"``: its path."""
+    return make_dataset(cache_dir() / "synthetic")

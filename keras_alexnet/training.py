@@ -1,23 +1,14 @@
 """The paper's training recipe (§5) on `model.fit`, with runs that survive a kill.
 
-`train(...)` is what ``python train.py`` runs. A run directory holds:
-
-- ``config.json``: the resolved recipe and run settings (and the class names);
-- ``stats.npz``: the dataset statistics used (mean image, PCA);
-- ``metrics.csv``: one row per finished epoch (loss, top-1/top-5 error on train and
-  validation, learning rate, skipped files, seconds);
-- ``tensorboard/``: TensorBoard logs;
-- ``checkpoints/`` and ``checkpoint.json``: the resumable state (see `RunCheckpoint`);
-- ``last.keras`` and ``best.keras`` (lowest validation top-1 error);
-- ``summary.json``: the final figures, which evaluation and the README's tables read.
+`train(...)` is what ``python train.py`` runs. What it writes into the run directory,
+and how each file is written so that a kill at any moment loses nothing, is
+`keras_alexnet.runs`' business; this module builds, compiles and fits the model, and
+hands `keras_alexnet.runs` the config, statistics, training state and summary.
 """
 
-import csv
 import dataclasses
-import io
 import json
 import os
-import shutil
 import time
 import warnings
 from pathlib import Path
@@ -27,12 +18,14 @@ import numpy as np
 import tensorflow as tf
 
 from keras_alexnet import data as data_lib
+from keras_alexnet import keras_compat
 from keras_alexnet import recipes
+from keras_alexnet import runs
 from keras_alexnet import stats as stats_lib
 from keras_alexnet.metrics import TopKError, error_metrics  # noqa: F401 (re-exported)
 from keras_alexnet.model import AlexNet
 
-MONITOR = "val_top1_error"
+MONITOR = runs.MONITOR
 
 
 # Optimiser -----------------------------------------------------------------------------
@@ -152,89 +145,13 @@ class EpochInfo(keras.callbacks.Callback):
             logs["seconds"] = time.time() - self._start
 
 
-# Files that survive a kill -------------------------------------------------------------
-
-
-def _fsync_dir(path):
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def atomic_write_text(path, text):
-    """Writes ``text`` to ``path`` so that a reader sees the old or the new file, whole."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
-
-
-def atomic_save_model(model, path):
-    """`model.save(path)` through a temporary file and an atomic rename."""
-    path = Path(path)
-    tmp = path.with_name(f".tmp-{path.name}")  # keeps the .keras suffix Keras wants
-    model.save(tmp)
-    with open(tmp, "rb") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
-
-
-def _atomic_link_or_copy(src, dst):
-    dst = Path(dst)
-    tmp = dst.with_name(f".tmp-{dst.name}")
-    if tmp.exists():
-        tmp.unlink()
-    try:
-        os.link(src, tmp)
-    except OSError:
-        shutil.copyfile(src, tmp)
-    os.replace(tmp, dst)
-    _fsync_dir(dst.parent)
-
-
-METRIC_COLUMNS = ("epoch", "loss", "top1_error", "top5_error", "val_loss", "val_top1_error",
-                  "val_top5_error", "lr", "skipped_files", "seconds")
-
-
-def metrics_csv(history):
-    """The per-epoch history as CSV text (known columns first, then any others)."""
-    extra = sorted({k for row in history for k in row} - set(METRIC_COLUMNS))
-    columns = [c for c in METRIC_COLUMNS if any(c in row for row in history)] + extra
-    out = io.StringIO()
-    writer = csv.DictWriter(out, fieldnames=columns, extrasaction="ignore")
-    writer.writeheader()
-    for row in history:
-        writer.writerow({k: row.get(k, "") for k in columns})
-    return out.getvalue()
+# The training state, each epoch ---------------------------------------------------
 
 
 class RunCheckpoint(keras.callbacks.Callback):
-    """Writes the resumable state of a run at the end of every epoch, kill-safe.
-
-    Order of writes, each one atomic (temporary file, fsync, rename):
-
-    1. ``checkpoints/epoch-NNNN.keras``: model, optimizer state (momentum, iteration
-       count, learning rate);
-    2. ``checkpoints/epoch-NNNN.json``: epoch count, the per-epoch history and the state
-       of stateful callbacks (the plateau schedule);
-    3. ``best.keras`` on a new best and ``last.keras`` (hard links), ``metrics.csv``;
-    4. ``checkpoint.json``: the pointer to the pair above;
-       then older checkpoint pairs are deleted.
-
-    A kill at any moment leaves ``checkpoint.json`` pointing at a complete pair: the
-    newest one if step 4 finished, else the previous one (never deleted before step 4).
-    A kill between steps 3 and 4 leaves ``best.keras`` / ``last.keras`` one epoch ahead
-    of the pointer: a complete model either way; the resumed run redoes that epoch.
+    """Writes the training state of a run at the end of every epoch, kill-safe
+    (`keras_alexnet.runs.save_training_state`: model and state, ``best.keras``,
+    ``last.keras``, ``metrics.csv``, then the pointer).
 
     Args:
         run_dir: the run directory.
@@ -261,45 +178,9 @@ class RunCheckpoint(keras.callbacks.Callback):
         row = {"epoch": epoch + 1}
         row.update({k: float(v) for k, v in (logs or {}).items()})
         self.history.append(row)
-        ckpt_dir = self.run_dir / "checkpoints"
-        ckpt_dir.mkdir(parents=True, exist_ok=True)
-        stem = f"epoch-{epoch + 1:04d}"
-        atomic_save_model(self.model, ckpt_dir / f"{stem}.keras")
-        state = {
-            "epoch": epoch + 1,
-            "history": self.history,
-            "callbacks": {name: cb.get_state() for name, cb in self.stateful.items()},
-        }
-        atomic_write_text(ckpt_dir / f"{stem}.json", json.dumps(state, indent=1))
-        # best.keras and last.keras before the pointer: once the pointer names an epoch,
-        # they include it (a kill right after the pointer must not lose the best model).
-        current = row.get(self.monitor)
-        if current is not None and current < self.best:
-            self.best = current
-            _atomic_link_or_copy(ckpt_dir / f"{stem}.keras", self.run_dir / "best.keras")
-        _atomic_link_or_copy(ckpt_dir / f"{stem}.keras", self.run_dir / "last.keras")
-        atomic_write_text(self.run_dir / "metrics.csv", metrics_csv(self.history))
-        pointer = {"epoch": epoch + 1, "model": f"checkpoints/{stem}.keras", "state": f"checkpoints/{stem}.json"}
-        atomic_write_text(self.run_dir / "checkpoint.json", json.dumps(pointer, indent=1))
-        for old in ckpt_dir.glob("epoch-*"):
-            if not old.name.startswith(stem):
-                old.unlink(missing_ok=True)
-
-
-def read_checkpoint(run_dir):
-    """The resumable state of ``run_dir``, or None when it has none.
-
-    Returns:
-        ``(model_path, state)``: the ``.keras`` file and the dict written by
-        `RunCheckpoint` (``epoch``, ``history``, ``callbacks``).
-    """
-    run_dir = Path(run_dir)
-    pointer = run_dir / "checkpoint.json"
-    if not pointer.is_file():
-        return None
-    ptr = json.loads(pointer.read_text())
-    state = json.loads((run_dir / ptr["state"]).read_text())
-    return run_dir / ptr["model"], state
+        callbacks = {name: cb.get_state() for name, cb in self.stateful.items()}
+        self.best = runs.save_training_state(self.run_dir, self.model, self.history, callbacks,
+                                             self.best, self.monitor)
 
 
 def restore_into(model, model_path):
@@ -414,36 +295,6 @@ def make_strategy(kind="auto"):
     raise ValueError(f"unknown strategy {kind!r}")
 
 
-def patch_keras_multi_worker_reduce():
-    """Works around Keras 3's logs reduction under `MultiWorkerMirroredStrategy`.
-
-    Keras 3.15 reduces every value a train step returns with
-    ``strategy.reduce("MEAN", v, axis=0)`` under multi-worker collectives; the logged
-    metrics are scalars, so ``model.fit`` fails with "Invalid reduction dimension 0 for
-    input with 0 dimensions" (tensorflow/tensorflow#72388, closed unfixed; its advice was
-    to go back to Keras 2). This reduces rank-0 values with ``axis=None``, everything
-    else as Keras does. Idempotent.
-    """
-    from keras.src.backend.tensorflow import trainer as tf_trainer
-
-    if getattr(tf_trainer, "_keras_alexnet_patched", False):
-        return
-    original = tf_trainer.reduce_per_replica
-
-    def reduce_per_replica(values, strategy, reduction):
-        if reduction in ("auto", "mean") and tf_trainer._collective_all_reduce_multi_worker(strategy):
-
-            def mean(v):
-                local = strategy.experimental_local_results(v)[0] if tf_trainer._is_per_replica_instance(v) else v
-                return strategy.reduce("MEAN", v, axis=None if local.shape.rank == 0 else 0)
-
-            return tf.nest.map_structure(mean, values)
-        return original(values, strategy, reduction)
-
-    tf_trainer.reduce_per_replica = reduce_per_replica
-    tf_trainer._keras_alexnet_patched = True
-
-
 def worker_info(strategy):
     """``(num_workers, worker_index, is_chief)`` of this process."""
     resolver = getattr(strategy, "cluster_resolver", None)
@@ -475,7 +326,7 @@ class RunSettings:
 
 def _prepare_stats(train_source, recipe, run_dir, stats_path, max_images, is_chief):
     """Loads ``stats_path``, the run's own ``stats.npz``, or computes and saves it."""
-    own = run_dir / "stats.npz"
+    own = run_dir / runs.STATS_FILE
     if stats_path:
         stats = stats_lib.load_stats(stats_path)
     elif own.is_file():
@@ -490,9 +341,7 @@ def _prepare_stats(train_source, recipe, run_dir, stats_path, max_images, is_chi
         print(f"Note: statistics were computed at {stats.resize_size}px; the mean image is resized to "
               f"{recipe.resize_size}px.")
     if is_chief and not own.is_file():
-        tmp = own.with_name(".tmp-stats.npz")  # other workers may be reading `own`
-        stats.save(tmp)
-        os.replace(tmp, own)
+        runs.write_stats(run_dir, stats)
     return stats
 
 
@@ -540,7 +389,6 @@ def build_model(recipe, num_classes, grouping="towers", devices=None, classifier
         grouping=grouping,
         devices=devices,
         kernel_regularizer=paper_regularizer(recipe.weight_decay),
-        seed=recipe.seed,
         classifier_activation=classifier_activation,
         **recipe.model_kwargs(),
     )
@@ -555,23 +403,6 @@ def compile_model(model, recipe, settings):
         steps_per_execution=settings.steps_per_execution,
     )
     return model
-
-
-def _check_same_config(run_dir, config):
-    path = run_dir / "config.json"
-    if not path.is_file():
-        return
-    saved = json.loads(path.read_text())
-    config = json.loads(json.dumps(config, default=str))  # tuples -> lists, as saved
-    changed = {k for k in ("recipe", "data") if saved.get(k) != config.get(k)}
-    if changed:
-        diffs = []
-        for key in sorted(changed):
-            a, b = saved.get(key) or {}, config.get(key) or {}
-            diffs += [f"{key}.{f}: {a.get(f)!r} -> {b.get(f)!r}" for f in sorted(set(a) | set(b)) if a.get(f) != b.get(f)]
-        raise ValueError(
-            f"{run_dir} holds a run with another configuration ({'; '.join(diffs)}). "
-            "Use the same flags to resume it, or another --output-dir for a new run.")
 
 
 def train(recipe, train_source, val_source, settings, stats_path=None, data_description=None, strategy=None):
@@ -606,7 +437,7 @@ def train(recipe, train_source, val_source, settings, stats_path=None, data_desc
         strategy = make_strategy(settings.strategy)
     num_workers, worker_index, is_chief = worker_info(strategy)
     if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
-        patch_keras_multi_worker_reduce()
+        keras_compat.patch_multi_worker_reduce()
     if recipe.batch_size % num_workers:
         raise ValueError(f"batch size {recipe.batch_size} is not divisible by {num_workers} workers.")
 
@@ -617,13 +448,13 @@ def train(recipe, train_source, val_source, settings, stats_path=None, data_desc
         "num_classes": train_source.num_classes,
         "class_names": list(train_source.class_names),
         "class_index": train_source.class_index,
-        "versions": {"tensorflow": tf.__version__, "keras": keras.__version__},
+        "versions": runs.versions(),
         # Relative paths in "data" are relative to this (notebooks resolve them with it).
         "working_dir": os.getcwd(),
     }
-    _check_same_config(run_dir, config)
+    runs.check_config(run_dir, config)
     if is_chief:
-        atomic_write_text(run_dir / "config.json", json.dumps(config, indent=2, default=str))
+        runs.write_config(run_dir, config)
 
     stats = _prepare_stats(train_source, recipe, run_dir, stats_path, settings.stats_max_images, is_chief)
 
@@ -642,14 +473,13 @@ def train(recipe, train_source, val_source, settings, stats_path=None, data_desc
         raise ValueError(f"unknown schedule {recipe.schedule!r}")
 
     history, initial_epoch = [], 0
-    resumed = read_checkpoint(run_dir)
-    if resumed is not None:
-        model_path, state = resumed
+    state = runs.read_training_state(run_dir)
+    if state is not None:
         with strategy.scope():
-            restore_into(model, model_path)
-        history, initial_epoch = state["history"], state["epoch"]
-        if plateau is not None and "plateau" in state["callbacks"]:
-            plateau.set_state(state["callbacks"]["plateau"])
+            restore_into(model, state.model_path)
+        history, initial_epoch = state.history, state.epoch
+        if plateau is not None and "plateau" in state.callbacks:
+            plateau.set_state(state.callbacks["plateau"])
         print(f"Resuming {run_dir} after epoch {initial_epoch} (learning rate {_lr(model):.3g}).", flush=True)
 
     counter = data_lib.SkipCounter()
@@ -658,7 +488,7 @@ def train(recipe, train_source, val_source, settings, stats_path=None, data_desc
     # The checkpoint goes after every callback that adds to the logs or changes state.
     callbacks += [checkpoint]
     if is_chief:
-        callbacks.append(keras.callbacks.TensorBoard(str(run_dir / "tensorboard"), write_graph=False))
+        callbacks.append(keras.callbacks.TensorBoard(str(run_dir / runs.TENSORBOARD_DIR), write_graph=False))
 
     start = time.time()
     # Phases: the 2012 code switches PCA noise off at an epoch; a new dataset per phase.
@@ -691,9 +521,50 @@ def train(recipe, train_source, val_source, settings, stats_path=None, data_desc
     seconds = time.time() - start
 
     summary = summarize(run_dir, history, train_source, val_source, seconds, counter)
+    summary["data_dir"] = (config["data"] or {}).get("data_dir")
     if is_chief:
-        atomic_write_text(run_dir / "summary.json", json.dumps(summary, indent=2))
+        summary["curves"] = write_curves(run_dir, history)
+        runs.write_summary(run_dir, summary)
     return summary
+
+
+def write_curves(run_dir, history):
+    """Draws the run's training curves into ``figures/training_curves.png``; its path,
+    or None when they cannot be drawn (said, never fatal: the models are saved)."""
+    from keras_alexnet import visualize
+
+    path = Path(run_dir) / runs.FIGURES_DIR / "training_curves.png"
+    try:
+        visualize.plot_training_curves(runs.read_metrics(run_dir), path, title=f"Training curves: {run_dir}")
+    except (OSError, ValueError) as e:
+        print(f"Could not draw the training curves into {path}: {e}")
+        return None
+    return str(path)
+
+
+def format_summary(summary):
+    """What ``train.py`` prints at the end of a run: the errors beside chance, where the
+    files are, and the next commands."""
+    final, best, n = summary["final"], summary["best"], summary["num_classes"]
+    run_dir = summary["run_dir"]
+    data_dir = summary.get("data_dir") or "DATA"
+    lines = [
+        f"Validation after {summary['epochs']} epochs: top-1 error {final['val_top1_error']:.2%}, "
+        f"top-5 error {final['val_top5_error']:.2%} (best top-1 {best['val_top1_error']:.2%} at epoch "
+        f"{best['epoch']}; chance: {1 - 1 / n:.1%} top-1 over {n} classes).",
+        f"Models:  {summary['best_model']} (best), {summary['last_model']} (last)",
+        f"Metrics: {Path(run_dir) / runs.METRICS_FILE}",
+    ]
+    if summary.get("curves"):
+        lines.append(f"Curves:  {summary['curves']}")
+    lines += [
+        "Next:",
+        f"  python evaluate.py --top5 --ten-crop --checkpoint {run_dir} --data-dir {data_dir}   # the paper's ten-crop error",
+        f"  python evaluate.py --checkpoint {run_dir} --predict IMAGE ...                 # top-5 classes of photos",
+        f"  python -m keras_alexnet.visualize --run {run_dir} --images IMAGE_DIR          # figures (Fig. 3, Fig. 4)",
+        f"  KERAS_ALEXNET_RUN={run_dir} jupyter lab notebooks/                            # look inside the network",
+    ]
+    return "\n".join(lines)
 
 
 def summarize(run_dir, history, train_source, val_source, seconds, counter):
@@ -714,6 +585,6 @@ def summarize(run_dir, history, train_source, val_source, seconds, counter):
         "training_seconds_this_session": seconds,
         "total_epoch_seconds": sum(r.get("seconds", 0.0) for r in history),
         "images_seen": trained_images,
-        "best_model": str(run_dir / "best.keras"),
-        "last_model": str(run_dir / "last.keras"),
+        "best_model": str(run_dir / runs.BEST_MODEL),
+        "last_model": str(run_dir / runs.LAST_MODEL),
     }

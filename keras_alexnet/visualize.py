@@ -19,15 +19,15 @@ nothing needs a display (PNGs are rendered by the Agg canvas) and no global figu
 fills up; in a notebook a returned figure shows as the cell's value.
 
 Images. What a model sees is an RGB crop in ``[0, 255]`` with the training mean
-subtracted (paper §2). Functions that run the model take ``images`` plus an optional
-``preprocess`` callable: with it, ``images`` are plain RGB in ``[0, 255]`` (what is drawn)
-and ``preprocess(images)`` is what the model gets, e.g.
-``preprocess=lambda x: subtract_mean(x, mean)`` or a function of `keras_alexnet.data`;
-without it, ``images`` go to the model as they are and are drawn min-max scaled.
-`load_image` is a minimal loader: shorter side to 256, centre crop 227 (§2), scaled to
-the model's input size.
+subtracted (paper §2), or a converted network's own input. Functions that run the model
+take ``images`` plus an optional ``preprocess`` callable: with it, ``images`` are plain
+RGB in ``[0, 255]`` (what is drawn) and ``preprocess(images)`` is what the model gets,
+e.g. a run's ``run.preprocessing.network_input`` (`keras_alexnet.runs.Preprocessing`,
+the same tensor the evaluation pipeline feeds); without it, ``images`` go to the model
+as they are and are drawn min-max scaled.
 
-Command (a run directory written by ``train.py``)::
+Command (a run directory written by ``train.py``, or a model directory of
+``keras_alexnet.convert``)::
 
     python -m keras_alexnet.visualize --run runs/RUN --out runs/RUN/figures \\
         --images ../shared/data/imagenet-sample/val \\
@@ -35,10 +35,7 @@ Command (a run directory written by ``train.py``)::
 """
 
 import argparse
-import csv
-import json
 import math
-import re
 import sys
 from pathlib import Path
 
@@ -49,20 +46,19 @@ import matplotlib
 import matplotlib.ticker
 from matplotlib.figure import Figure
 
-import keras_alexnet  # noqa: F401  (registers the custom layers for load_model)
+from keras_alexnet.evaluation import top_k
 from keras_alexnet.layers import GroupedConv2D, OnDevice
+from keras_alexnet.model import outputs_probabilities
 
 DPI = 100
 CONV_NAMES = ("conv1", "conv2", "conv3", "conv4", "conv5")
 # Expected colour specificity of a kernel with i.i.d. weights (an untrained one): the
 # chromatic plane holds 2 of the 3 colour dimensions, so 2/3 of the energy on average.
 RANDOM_COLOUR_SPECIFICITY = 2.0 / 3.0
-# Per-channel RGB mean of ImageNet on [0, 255] (Caffe / Keras "caffe" preprocessing), used
-# by the command only when the run directory records no mean.
-IMAGENET_RGB_MEAN = (123.68, 116.779, 103.939)
-IMAGE_SUFFIXES = (".jpeg", ".jpg", ".png", ".bmp", ".gif")
+# What `main` writes, in order (the README shows these).
 FIGURES = (
     "conv1_filters.png",
+    "conv1_filters_change.png",
     "colour_specificity.png",
     "activations.png",
     "predictions.png",
@@ -224,31 +220,6 @@ def colour_specificity(kernels):
     return np.divide(chroma, total, out=np.zeros_like(total), where=total > 0)
 
 
-def top_k(probs, class_names, k=5):
-    """The ``k`` most probable classes of each row of ``probs``.
-
-    Args:
-        probs: array ``(n, classes)``.
-        class_names: ``classes`` names (or None for the class indices as strings).
-        k: how many.
-
-    Returns:
-        a list of ``n`` lists of ``(name, probability)``, most probable first (ties:
-        lower class index first).
-    """
-    probs = np.asarray(probs, dtype=np.float64)
-    if probs.ndim == 1:
-        probs = probs[None]
-    if class_names is None:
-        class_names = [str(i) for i in range(probs.shape[1])]
-    if len(class_names) != probs.shape[1]:
-        raise ValueError(
-            f"{len(class_names)} class names for a model with {probs.shape[1]} classes."
-        )
-    order = np.argsort(-probs, axis=1, kind="stable")[:, :k]
-    return [[(class_names[j], float(p[j])) for j in row] for p, row in zip(probs, order)]
-
-
 def nearest_neighbours(query_feats, base_feats, k=6, return_distances=False):
     """Indices of the ``k`` base vectors nearest to each query, by Euclidean distance.
 
@@ -307,82 +278,6 @@ def to_display(image):
     return normalise_per_kernel(x[None])[0]
 
 
-def subtract_mean(images, mean):
-    """``images - mean`` for RGB ``images`` ``(..., h, w, 3)``.
-
-    ``mean`` is a per-channel mean ``(3,)`` or a mean image ``(H, W, 3)``. A mean image
-    larger than the images is centre-cropped to their size (the paper's mean is of the
-    256x256 images, the crops are 227x227); one of any other size is reduced to its
-    per-channel mean.
-    """
-    images = np.asarray(images, dtype=np.float32)
-    mean = np.asarray(mean, dtype=np.float32)
-    if mean.ndim == 3:
-        h, w = images.shape[-3:-1]
-        H, W = mean.shape[:2]
-        if H >= h and W >= w:
-            top, left = (H - h) // 2, (W - w) // 2
-            mean = mean[top : top + h, left : left + w]
-        else:
-            mean = mean.reshape(-1, 3).mean(axis=0)
-    return images - mean
-
-
-def list_images(paths):
-    """Image files named by ``paths``: files as given, directories searched recursively
-    (sorted). Raises FileNotFoundError naming a path that does not exist."""
-    if isinstance(paths, (str, Path)):
-        paths = [paths]
-    files = []
-    for p in map(Path, paths):
-        if p.is_dir():
-            files.extend(
-                sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
-            )
-        elif p.is_file():
-            files.append(p)
-        else:
-            raise FileNotFoundError(f"no such image file or directory: {p}")
-    return files
-
-
-def load_image(path, crop=227, size=None):
-    """Loads an image as the paper's centre crop: RGB float32 ``(crop, crop, 3)`` in
-    ``[0, 255]``, mean not subtracted.
-
-    The shorter side is resized to ``size`` (bilinear, antialiased), then the central
-    ``crop x crop`` is taken (§2: shorter side 256, central crop; the 227 test crop is its
-    centre). ``size`` defaults to ``round(crop * 256 / 227)``, i.e. 256 for 227 and the
-    same proportion for smaller models. Greyscale images become RGB. Decoding is
-    TensorFlow's; Pillow is the fallback for the rare files TensorFlow refuses.
-    """
-    if size is None:
-        size = int(round(crop * 256 / 227))
-    if size < crop:
-        raise ValueError(f"size ({size}) must be at least crop ({crop}).")
-    try:
-        image = tf.io.decode_image(
-            tf.io.read_file(str(path)), channels=3, expand_animations=False
-        )
-    except tf.errors.OpError:
-        from PIL import Image
-
-        with Image.open(path) as im:
-            image = tf.constant(np.asarray(im.convert("RGB")))
-    h, w = int(image.shape[0]), int(image.shape[1])
-    scale = size / min(h, w)
-    new = (max(size, int(round(h * scale))), max(size, int(round(w * scale))))
-    image = tf.image.resize(tf.cast(image, tf.float32), new, antialias=True)
-    top, left = (new[0] - crop) // 2, (new[1] - crop) // 2
-    image = image[top : top + crop, left : left + crop]
-    return np.clip(image.numpy(), 0.0, 255.0).astype(np.float32)
-
-
-def load_images(paths, crop=227, size=None):
-    """`load_image` for each path, stacked: float32 ``(n, crop, crop, 3)``."""
-    return np.stack([load_image(p, crop, size) for p in paths]).astype(np.float32)
-
-
 def _as_batch(images):
     x = np.asarray(images, dtype=np.float32)
     if x.ndim == 3:
@@ -437,13 +332,12 @@ def feature_maps(model, image, layers=None, preprocess=None):
 
 
 def predict_probs(model, images, preprocess=None, batch_size=32):
-    """Class probabilities ``(n, classes)`` in inference mode. A model whose outputs are
-    not probabilities (negative values, or rows not summing to 1: a logits head) gets a
-    softmax."""
+    """Class probabilities ``(n, classes)`` in inference mode; a logits head
+    (`keras_alexnet.model.outputs_probabilities` is False) gets a softmax."""
     _, x = _inputs(images, preprocess)
     (y,) = _run(model, x, batch_size)
     y = y.astype(np.float64)
-    if np.any(y < 0) or not np.allclose(y.sum(axis=1), 1.0, atol=1e-3):
+    if not outputs_probabilities(model):
         y = np.exp(y - y.max(axis=1, keepdims=True))
         y /= y.sum(axis=1, keepdims=True)
     return y
@@ -747,35 +641,6 @@ _ACCURACY_COLUMNS = {
 }
 
 
-def read_metrics(csv_path):
-    """Reads a metrics CSV (a header row, then one row per epoch).
-
-    Returns:
-        dict column name -> float64 array; empty or non-numeric cells are NaN.
-    """
-    csv_path = Path(csv_path)
-    if not csv_path.is_file():
-        raise FileNotFoundError(f"no metrics file: {csv_path}")
-    with open(csv_path, newline="") as f:
-        reader = csv.reader(f)
-        header = next(reader, None)
-        if header is None:
-            raise ValueError(f"empty metrics file: {csv_path}")
-        header = [h.strip() for h in header]
-        rows = [row for row in reader if any(cell.strip() for cell in row)]
-
-    def number(cell):
-        try:
-            return float(cell)
-        except ValueError:
-            return np.nan
-
-    return {
-        name: np.array([number(row[i]) if i < len(row) else np.nan for row in rows])
-        for i, name in enumerate(header)
-    }
-
-
 def _to_error(accuracy):
     # Fractions (<= 1) or percentages.
     return (1.0 if np.nanmax(accuracy) <= 1.0 else 100.0) - accuracy
@@ -820,16 +685,15 @@ def training_series(metrics):
     return series
 
 
-def plot_training_curves(metrics_csv_or_run_dir, path=None):
+def plot_training_curves(metrics, path=None, title="Training curves"):
     """Loss, top-1 and top-5 error and learning rate by epoch, train solid and
-    validation dashed, from a ``metrics.csv`` or a run directory holding one. Only the
-    panels whose columns exist are drawn; the learning rate is on a log scale."""
-    source = Path(metrics_csv_or_run_dir)
-    csv_path = source / "metrics.csv" if source.is_dir() else source
-    series = training_series(read_metrics(csv_path))
+    validation dashed, from metrics columns (`keras_alexnet.runs.read_metrics`, or a
+    run's ``run.metrics()``). Only the panels whose columns exist are drawn; the
+    learning rate is on a log scale."""
+    series = training_series(metrics)
     panels = [key for key in ("loss", "top1", "top5", "lr") if key in series]
     if not panels:
-        raise ValueError(f"no loss, error, accuracy or lr columns in {csv_path}")
+        raise ValueError(f"no loss, error, accuracy or lr columns in the metrics ({title})")
     epoch = series["epoch"]
     ncols = 2 if len(panels) > 1 else 1
     nrows = math.ceil(len(panels) / ncols)
@@ -856,117 +720,22 @@ def plot_training_curves(metrics_csv_or_run_dir, path=None):
         ax.grid(alpha=0.3)
     for ax in axes[len(panels):]:
         ax.axis("off")
-    fig.suptitle(f"Training curves: {csv_path}", fontsize=10)
+    fig.suptitle(title, fontsize=10)
     return _finish(fig, path)
 
 
 # ---------------------------------------------------------------------------------------
-# Run directories and the command
-
-
-def find_model(run_dir):
-    """``best.keras`` of a run directory, else ``last.keras``; FileNotFoundError naming
-    the paths otherwise."""
-    run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        raise FileNotFoundError(f"run directory not found: {run_dir}")
-    for name in ("best.keras", "last.keras"):
-        if (run_dir / name).is_file():
-            return run_dir / name
-    raise FileNotFoundError(
-        f"no model in run directory {run_dir}: neither {run_dir / 'best.keras'} nor "
-        f"{run_dir / 'last.keras'} exists"
-    )
-
-
-def load_run_model(run_dir):
-    """Loads a run's model (`find_model`) with ``safe_mode=True``, uncompiled."""
-    return keras.models.load_model(find_model(run_dir), compile=False, safe_mode=True)
-
-
-def read_config(run_dir):
-    """A run's ``config.json`` as a dict ({} when absent)."""
-    path = Path(run_dir) / "config.json"
-    if not path.is_file():
-        return {}
-    with open(path) as f:
-        return json.load(f)
-
-
-def read_synset_words(path):
-    """``synset_words.txt``: dict wnid -> name (the line after the wnid)."""
-    words = {}
-    with open(path) as f:
-        for line in f:
-            wnid, _, name = line.strip().partition(" ")
-            if wnid:
-                words[wnid] = name
-    return words
-
-
-_WNID = re.compile(r"^n\d{8}$")
-
-
-def run_class_names(config, classes, synset_words=None):
-    """Class names for a model with ``classes`` outputs: the config's ``class_names``
-    (wnids translated through ``synset_words`` when given), else the indices."""
-    names = config.get("class_names")
-    if not names or len(names) != classes:
-        if names:
-            print(f"config.json has {len(names)} class names for {classes} classes; using indices")
-        return [str(i) for i in range(classes)]
-    names = [str(n) for n in names]
-    if synset_words:
-        names = [synset_words.get(n, n) if _WNID.match(n) else n for n in names]
-    return names
-
-
-def run_mean(run_dir, config=None):
-    """The training mean of a run: ``mean_image`` (as `keras_alexnet.stats` writes it;
-    or ``mean``, ``channel_mean``, ``mean_rgb``, ...) of ``stats.npz``, else of
-    ``config.json``; else the ImageNet RGB mean, with a note. Returns (mean array, where
-    it came from). `subtract_mean` centre-crops a mean image to the crop size."""
-    keys = ("mean_image", "mean", "image_mean", "channel_mean", "mean_rgb", "rgb_mean", "pixel_mean")
-    stats = Path(run_dir) / "stats.npz"
-    if stats.is_file():
-        with np.load(stats) as data:
-            for key in keys:
-                if key in data.files:
-                    return np.asarray(data[key], np.float32), f"{stats}[{key}]"
-    for key in keys:
-        if config and key in config:
-            return np.asarray(config[key], np.float32), f"config.json[{key}]"
-    return np.asarray(IMAGENET_RGB_MEAN, np.float32), "the ImageNet RGB mean (no mean in the run)"
-
-
-def run_resize_size(run_dir, crop):
-    """The shorter side images were resized to before cropping: ``resize_size`` of the
-    run's ``stats.npz`` when present (and at least ``crop``), else the `load_image`
-    default ``round(crop * 256 / 227)``."""
-    stats = Path(run_dir) / "stats.npz"
-    if stats.is_file():
-        with np.load(stats) as data:
-            if "resize_size" in data.files and int(data["resize_size"]) >= crop:
-                return int(data["resize_size"])
-    return int(round(crop * 256 / 227))
-
-
-def _spread(files, n):
-    """At most ``n`` of ``files``, evenly spaced (so every class of a sorted class-per-
-    directory tree is represented)."""
-    if len(files) <= n:
-        return list(files)
-    return [files[i] for i in np.unique(np.linspace(0, len(files) - 1, n).round().astype(int))]
+# The command
 
 
 def _parser():
     p = argparse.ArgumentParser(
         prog="python -m keras_alexnet.visualize",
-        description="Figures of a training run: conv1 kernels (Fig. 3), colour "
-        "specificity per tower, activations, top-5 predictions and fc7 nearest "
-        "neighbours (Fig. 4), training curves.",
+        description="Figures of a training run or a converted model: conv1 kernels (Fig. 3) "
+        "and what training changed in them, colour specificity per tower, activations, "
+        "top-5 predictions and fc7 nearest neighbours (Fig. 4), training curves.",
     )
-    p.add_argument("--run", required=True, help="run directory (best.keras or last.keras, metrics.csv, config.json)")
+    p.add_argument("--run", required=True, help="run directory of train.py, or a model directory of keras_alexnet.convert")
     p.add_argument("--out", help="output directory (default: RUN/figures)")
     p.add_argument("--images", nargs="+", default=[], help="image files or directories (query / test images)")
     p.add_argument("--neighbours-from", help="directory of base (training) images for the fc7 nearest neighbours")
@@ -975,25 +744,33 @@ def _parser():
     p.add_argument("--max-queries", type=int, default=5, help="query rows in neighbours.png (default 5, as Fig. 4)")
     p.add_argument("--k", type=int, default=6, help="neighbours per query (default 6, as Fig. 4)")
     p.add_argument("--max-maps", type=int, default=16, help="feature maps per tower and layer (default 16)")
-    p.add_argument("--synset-words", help="synset_words.txt, to name wnid classes")
     p.add_argument("--batch-size", type=int, default=32)
     return p
 
 
-def main(argv=None):
-    """The command; returns the list of files written. Raises FileNotFoundError naming
-    the path when the run directory, its model or an image path is missing."""
-    args = _parser().parse_args(argv)
-    run = Path(args.run)
-    model_path = find_model(run)
-    out = Path(args.out) if args.out else run / "figures"
-    images = list_images(args.images) if args.images else []
-    base_files = list_images(args.neighbours_from) if args.neighbours_from else []
-    out.mkdir(parents=True, exist_ok=True)
+def spread(files, n):
+    """At most ``n`` of ``files``, evenly spaced (so every class of a sorted class-per-
+    directory tree is represented)."""
+    files = list(files)
+    if len(files) <= n:
+        return files
+    return [files[i] for i in np.unique(np.linspace(0, len(files) - 1, n).round().astype(int))]
 
-    model = load_run_model(run)
-    print(f"model: {model_path}")
-    config = read_config(run)
+
+def main(argv=None):
+    """The command; returns the list of files written. Raises
+    `keras_alexnet.runs.RunError` (or a `keras_alexnet.data.DatasetError`) naming the
+    path when the run, its model or an image path is missing."""
+    from keras_alexnet import data, runs
+
+    args = _parser().parse_args(argv)
+    run = runs.open_run(args.run)
+    out = Path(args.out) if args.out else run.figures_dir()
+    images = data.list_images(args.images) if args.images else []
+    base_files = data.list_images(args.neighbours_from) if args.neighbours_from else []
+    out.mkdir(parents=True, exist_ok=True)
+    model = run.model
+    print(f"model: {run.model_path}")
     written = []
 
     def wrote(fig, name):
@@ -1001,71 +778,46 @@ def main(argv=None):
         print(f"wrote {out / name}")
 
     wrote(plot_conv1_filters(model), "conv1_filters.png")
-    try:  # the recipe's seed rebuilds the weights before training
-        from keras_alexnet import notebook_utils
-
-        initial = notebook_utils.open_run(run).initial_model()
-    except Exception as e:  # an old or foreign run: skip this one figure, say why
-        print(f"cannot rebuild the initial weights of {run} ({type(e).__name__}: {e}): "
-              f"skipping conv1_filters_change.png")
+    if run.recipe is not None:  # the recipe's seed rebuilds the weights before training
+        wrote(plot_conv1_filters(model, initial=run.initial_model()), "conv1_filters_change.png")
     else:
-        wrote(plot_conv1_filters(model, initial=initial), "conv1_filters_change.png")
+        print(f"{run.path or run.model_path} was not trained by train.py (no recipe, no initial "
+              "weights): skipping conv1_filters_change.png")
     wrote(plot_colour_specificity(model), "colour_specificity.png")
 
-    if (run / "metrics.csv").is_file():
-        wrote(plot_training_curves(run / "metrics.csv"), "training_curves.png")
+    metrics = run.metrics()
+    if metrics is not None:
+        wrote(plot_training_curves(metrics, title=f"Training curves: {run.path}"), "training_curves.png")
     else:
-        print(f"no {run / 'metrics.csv'}: skipping training_curves.png")
+        print(f"no metrics.csv in {run.path or run.model_path.parent}: skipping training_curves.png")
 
     if images:
-        crop = int(model.input_shape[1])
-        size = run_resize_size(run, crop)
-        mean, source = run_mean(run, config)
-        print(f"mean: {source}; images: shorter side {size}, centre crop {crop}")
+        pre = run.preprocessing
+        print(f"preprocessing: {pre.source}; shorter side {pre.resize_size}, centre crop "
+              f"{pre.crop_size}, mean {pre.mean_mode}, {pre.channel_order}")
+        names = run.display_names()
+        shown = pre.load(images[: max(args.max_images, args.max_queries)])
 
-        def preprocess(x):
-            return subtract_mean(x, mean)
-
-        synsets = read_synset_words(args.synset_words) if args.synset_words else None
-        classes = int(model.output_shape[-1])
-        names = run_class_names(config, classes, synsets)
-        # The correct class, when an image sits in a directory named after a class wnid.
-        wnids = config.get("wnids") or config.get("class_names") or []
-        index = {str(w): i for i, w in enumerate(wnids) if _WNID.match(str(w))}
-        shown = load_images(images[: max(args.max_images, args.max_queries)], crop, size)
-
+        wrote(plot_activations(model, shown[0], max_maps=args.max_maps, preprocess=pre.network_input),
+              "activations.png")
+        labels = [names[run.label(p)] if run.label(p) >= 0 else None for p in images[: args.max_images]]
         wrote(
-            plot_activations(model, shown[0], max_maps=args.max_maps, preprocess=preprocess),
-            "activations.png",
-        )
-        labels = [
-            names[index[p.parent.name]] if p.parent.name in index else None
-            for p in images[: args.max_images]
-        ]
-        wrote(
-            plot_predictions(
-                model, shown[: args.max_images], names,
-                labels=labels if any(labels) else None, preprocess=preprocess,
-            ),
+            plot_predictions(model, shown[: args.max_images], names,
+                             labels=labels if any(labels) else None, preprocess=pre.network_input),
             "predictions.png",
         )
         if base_files:
-            base_files = _spread(base_files, args.max_base)
+            base_files = spread(base_files, args.max_base)
             k = min(args.k, len(base_files))
             queries = shown[: args.max_queries]
-            query_feats = fc7_features(model, queries, args.batch_size, preprocess)
+            query_feats = fc7_features(model, queries, args.batch_size, pre.network_input)
             feats, thumbs = [], []
             for i in range(0, len(base_files), args.batch_size):
-                batch = load_images(base_files[i : i + args.batch_size], crop, size)
-                feats.append(fc7_features(model, batch, args.batch_size, preprocess))
+                batch = pre.load(base_files[i : i + args.batch_size])
+                feats.append(fc7_features(model, batch, args.batch_size, pre.network_input))
                 thumbs.append(batch.round().astype(np.uint8))
-            idx, dist = nearest_neighbours(
-                query_feats, np.concatenate(feats), k, return_distances=True
-            )
-            wrote(
-                plot_neighbours(queries, np.concatenate(thumbs), idx, distances=dist),
-                "neighbours.png",
-            )
+            idx, dist = nearest_neighbours(query_feats, np.concatenate(feats), k, return_distances=True)
+            wrote(plot_neighbours(queries, np.concatenate(thumbs), idx, distances=dist), "neighbours.png")
             print(f"neighbours among {len(base_files)} images of {args.neighbours_from}")
         elif args.neighbours_from:
             print(f"no images under {args.neighbours_from}: skipping neighbours.png")
@@ -1077,7 +829,9 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
+    from keras_alexnet import data as _data, runs as _runs
+
     try:
         main()
-    except FileNotFoundError as e:
+    except (_runs.RunError, _data.DatasetError, FileNotFoundError) as e:
         sys.exit(f"error: {e}")

@@ -30,12 +30,13 @@ so the Keras and PyTorch workers time the same images.
 
 import json
 import os
-import resource
 import sys
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))  # keras_alexnet from this checkout, installed or not
+sys.path.insert(0, HERE)  # _common, fast_lrn
+from _common import cpu_seconds, peak_rss_mib  # noqa: E402
 
 DEFAULTS = dict(
     kind="train",
@@ -69,16 +70,6 @@ def synthetic_batch(batch, size=227, classes=1000, seed=0):
     x = (rng.uniform(0.0, 255.0, (batch, size, size, 3)) - 120.0).astype("float32")
     y = rng.randint(0, classes, (batch,)).astype("int64")
     return x, y
-
-
-def cpu_seconds():
-    """User + system CPU time of this process so far (all threads)."""
-    r = resource.getrusage(resource.RUSAGE_SELF)
-    return r.ru_utime + r.ru_stime
-
-
-def peak_rss_mib():
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux: KiB
 
 
 def _timing_callback(warmup_calls, min_calls, max_calls, max_seconds):
@@ -136,7 +127,6 @@ def run_train(cfg, dataset=None):
     if cfg["precision"] == "bf16":
         keras.mixed_precision.set_global_policy("mixed_bfloat16")
     if cfg["lrn"] not in ("default", "tf_nn", "off"):
-        sys.path.insert(0, HERE)
         import fast_lrn
 
         fast_lrn.patch(LocalResponseNormalization, cfg["lrn"])

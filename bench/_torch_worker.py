@@ -19,12 +19,12 @@ TensorFlow is never imported here.
 
 import json
 import os
-import resource
 import sys
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, HERE)
+sys.path.insert(0, HERE)  # torch_alexnet, _common
+from _common import cpu_seconds, peak_rss_mib  # noqa: E402
 
 DEFAULTS = dict(
     kind="train",
@@ -54,15 +54,6 @@ def synthetic_batch(batch, size=227, classes=1000, seed=0):
     x = (rng.uniform(0.0, 255.0, (batch, size, size, 3)) - 120.0).astype("float32")
     y = rng.randint(0, classes, (batch,)).astype("int64")
     return np.ascontiguousarray(x.transpose(0, 3, 1, 2)), y
-
-
-def cpu_seconds():
-    r = resource.getrusage(resource.RUSAGE_SELF)
-    return r.ru_utime + r.ru_stime
-
-
-def peak_rss_mib():
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
 def _rate(times, start, batch):

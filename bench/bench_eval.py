@@ -27,11 +27,8 @@ Writes bench/results/eval_speed.json and prints a table.
 
 import argparse
 import dataclasses
-import datetime
 import json
 import os
-import platform
-import resource
 import statistics
 import sys
 import time
@@ -39,19 +36,22 @@ from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "bench"))
+import _common  # noqa: E402
+from _common import cpu_seconds  # noqa: E402
 import keras_alexnet  # noqa: E402
-from keras_alexnet import data, evaluation  # noqa: E402
-from keras_alexnet import stats as stats_lib  # noqa: E402
-from keras_alexnet.visualize import IMAGENET_RGB_MEAN  # noqa: E402
+from keras_alexnet import data, evaluation, runs  # noqa: E402
 
 SHARED = REPO.parent / "shared" / "data"
 VAL = SHARED / "imagenette" / "val"
+# The ImageNet mean pixel (RGB): a mean image to subtract, so that the pipeline does the
+# work evaluate.py does with a trained run's stats.npz.
+IMAGENET_RGB_MEAN = (123.68, 116.779, 103.939)
 
 
 def spread_subset(source, count):
@@ -65,18 +65,17 @@ def spread_subset(source, count):
         dataset=tf.data.Dataset.from_tensor_slices((paths, labels)))
 
 
-def mean_stats():
-    """A statistics stand-in: the ImageNet mean pixel as a 256x256 mean image."""
+def fresh_run(model, class_index):
+    """A `keras_alexnet.runs.Run` around an in-memory model (no run directory): 227 crops
+    of a 256 square, the ImageNet mean pixel subtracted as a 256x256 mean image."""
     mean_image = np.broadcast_to(np.float32(IMAGENET_RGB_MEAN), (256, 256, 3)).copy()
-    return stats_lib.DatasetStats(
-        mean_image=mean_image, channel_mean=np.float64(IMAGENET_RGB_MEAN),
-        covariance=np.eye(3), eigenvalues=np.ones(3), eigenvectors=np.eye(3), num_images=0,
-        num_undecodable=0, num_non_image=0, class_names=(), resize_size=256, source="ImageNet mean")
-
-
-def cpu_seconds():
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
+    preprocessing = runs.Preprocessing(crop_size=227, resize_size=256, mean_mode="image",
+                                       mean=mean_image, source="the ImageNet mean pixel")
+    run = runs.Run(path=None, model_path=Path("<in-memory>"), config={}, kind="model",
+                   preprocessing=preprocessing, class_names=None, class_index=class_index,
+                   num_classes=int(model.output_shape[-1]))
+    run.__dict__["model"] = model  # Run.model is a cached property: no file to load
+    return run
 
 
 def timed(fn, images):
@@ -88,27 +87,9 @@ def timed(fn, images):
 
 
 def machine():
-    model = "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {
-        "cpu_model": model,
-        "cores": os.cpu_count(),
-        "cores_available": len(os.sched_getaffinity(0)),
-        "load_average_at_start": os.getloadavg(),
-        "python": platform.python_version(),
-        "tensorflow": tf.__version__,
-        "keras": keras.__version__,
-        "keras_alexnet": keras_alexnet.__version__,
-        "numpy": np.__version__,
-        "onednn": os.environ.get("TF_ENABLE_ONEDNN_OPTS", "default (on)"),
-        "date_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-    }
+    info = _common.machine("tensorflow", "keras", "keras_alexnet", "numpy")
+    info["onednn"] = os.environ.get("TF_ENABLE_ONEDNN_OPTS", "default (on)")
+    return info
 
 
 def main():
@@ -125,17 +106,13 @@ def main():
     full = data.folder_source(VAL, None)
     source = spread_subset(full, args.images)
     model = keras_alexnet.AlexNet(seed=0)  # 227x227, 1000 classes, two towers
-    stats = mean_stats()
-    checkpoint = evaluation.Checkpoint(
-        model=model, model_path=Path("random-weights"), run_dir=None, crop_size=227, resize_size=256,
-        mean="image", stats=stats, stats_path=None, class_names=None, class_index=source.class_index,
-        num_classes=1000)
+    fresh = fresh_run(model, source.class_index)
     print(f"{source.num_examples} of {full.num_examples} JPEGs in {VAL} ({source.class_index} indices, "
           f"{source.num_classes} classes); AlexNet {model.count_params():,} parameters; batch "
           f"{args.batch_size}; load average {info['load_average_at_start'][0]:.1f}", flush=True)
 
     def run(crops, src=source):
-        return evaluation.run_evaluation(checkpoint, src, crops=crops, batch_size=args.batch_size,
+        return evaluation.run_evaluation(fresh, src, crops=crops, batch_size=args.batch_size,
                                          progress=False)
 
     crops_in_memory = tf.constant(np.random.default_rng(0).normal(

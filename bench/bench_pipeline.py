@@ -28,11 +28,8 @@ Writes bench/results/pipeline.json and prints a table.
 
 import argparse
 import dataclasses
-import datetime
 import json
 import os
-import platform
-import resource
 import statistics
 import sys
 import time
@@ -41,12 +38,14 @@ from pathlib import Path
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np  # noqa: E402
-import PIL  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from PIL import Image  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "bench"))
+import _common  # noqa: E402
+from _common import cpu_seconds  # noqa: E402
 from keras_alexnet import data  # noqa: E402
 
 SHARED = REPO.parent / "shared" / "data"
@@ -121,11 +120,6 @@ def pil_batches(source, mean_image, seed):
             images, labels = [], []
 
 
-def cpu_seconds():
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
-
-
 def measure(batches, num_images):
     """Images/s and CPU ms/image over ``num_images``, after one warm-up batch."""
     iterator = iter(batches)
@@ -141,28 +135,6 @@ def measure(batches, num_images):
             "cpu_ms_per_image": 1000 * cpu / count}
 
 
-def machine():
-    model = "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {
-        "cpu_model": model,
-        "cores": os.cpu_count(),
-        "cores_available": len(os.sched_getaffinity(0)),
-        "load_average_at_start": os.getloadavg(),
-        "python": platform.python_version(),
-        "tensorflow": tf.__version__,
-        "numpy": np.__version__,
-        "pillow": PIL.__version__,
-        "date_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-    }
-
-
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=1280, help="images timed per run")
@@ -170,7 +142,7 @@ def main():
     parser.add_argument("--out", default=str(REPO / "bench" / "results" / "pipeline.json"))
     args = parser.parse_args()
 
-    info = machine()
+    info = _common.machine("tensorflow", "numpy", "pillow")
     source = combined_source()
     mean_image = np.random.default_rng(0).uniform(100, 130, (RESIZE, RESIZE, 3)).astype(
         np.float32)

@@ -28,17 +28,17 @@ versions and the date.
 
 import argparse
 import csv
-import datetime
-import importlib.metadata
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)  # _common, also when tools/render_readme.py loads this file by path
+import _common  # noqa: E402
+
 RESULTS = os.path.join(HERE, "results")
 JSON_PATH = os.path.join(RESULTS, "train_speed.json")
 CSV_PATH = os.path.join(RESULTS, "train_speed.csv")
@@ -177,33 +177,16 @@ MODES = {
 
 
 def machine_info():
-    model, flags = None, set()
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name") and model is None:
-                    model = line.split(":", 1)[1].strip()
-                elif line.startswith("flags") and not flags:
-                    flags = set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    bf16_isa = sorted(flags & {"avx512_bf16", "amx_bf16", "amx_tile"})
-    return dict(
-        cpu=model or platform.processor(),
-        cores=os.cpu_count(),
-        avx512=("avx512f" in flags),
-        bf16_hardware=" ".join(bf16_isa) if bf16_isa else "none (bf16 emulated)",
-    )
+    """The run's machine (the keys train_speed.json has always had: --add-repeats
+    compares them with the saved run's)."""
+    c = _common.cpu()
+    return dict(cpu=c["cpu_model"], cores=c["cores"], avx512=c["avx512"],
+                bf16_hardware=c["bf16_hardware"])
 
 
 def versions():
-    out = {"python": platform.python_version()}
-    for pkg, key in (("tensorflow", "tf"), ("keras", "keras"), ("torch", "torch")):
-        try:
-            out[key] = importlib.metadata.version(pkg)
-        except importlib.metadata.PackageNotFoundError:
-            out[key] = None
-    return out
+    v = _common.versions("tensorflow", "keras", "torch")
+    return dict(python=v["python"], tf=v["tensorflow"], keras=v["keras"], torch=v["torch"])
 
 
 def run_worker(config, settings, timeout=1200):
@@ -213,7 +196,7 @@ def run_worker(config, settings, timeout=1200):
     cfg = dict(settings["matmul"] if kind == "matmul" else settings[config["framework"]])
     cfg.update(config["worker"])
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
-    load_before = os.getloadavg()[0]  # background load: this benchmark alone adds ~cores
+    load_before = _common.load_average()  # background load: this benchmark alone adds ~cores
     t = time.perf_counter()
     try:
         proc = subprocess.run(
@@ -228,7 +211,7 @@ def run_worker(config, settings, timeout=1200):
             result = json.loads(line[len("RESULT "):])
             result["wall_s"] = round(wall, 1)
             result["load_before"] = round(load_before, 2)
-            result["load_after"] = round(os.getloadavg()[0], 2)
+            result["load_after"] = round(_common.load_average(), 2)
             return result
     tail = (proc.stderr or proc.stdout).strip().splitlines()[-5:]
     return dict(error=f"exit {proc.returncode}: " + " | ".join(tail), wall_s=round(wall, 1))
@@ -583,7 +566,7 @@ def main():
     results = dict(
         machine=machine,
         versions=vers,
-        date=datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+        date=_common.now_utc(),
         mode=mode,
         repeats=repeats,
         batch=BATCH,

@@ -21,9 +21,10 @@ Computed in float32 for any input dtype (bfloat16 in, bfloat16 out), like the li
 layer, so it equals ``tf.nn.local_response_normalization`` to float32 round-off.
 
 `patch(LocalResponseNormalization, name)` swaps the library layer's ``call`` in the
-calling process only (the benchmark worker uses it). `lrn` was adopted: it is now
-`keras_alexnet.layers.local_response_normalization` (the library's default LRN), imported
-here so that the variants and the tools keep their names.
+calling process only: `_keras_worker.py` does, for the candidate rows of
+``bench_train.py --candidates`` (``lrn="matmul_autodiff"``, ``"matmul_xla"``). `lrn` was
+adopted: it is now `keras_alexnet.layers.local_response_normalization` (the library's
+default LRN), imported here so that the variants keep their names.
 """
 
 import os

@@ -141,7 +141,7 @@ def real_photos():
 
 def image_files(run, split="val", n=8):
     """Up to ``n`` image files to show, evenly spread over the sorted list (so over the
-    classes): ``split`` of the run's own dataset (`RunView.files`); when that is not on
+    classes): ``split`` of the run's own dataset (`keras_alexnet.runs.Run.files`); when that is not on
     this machine, the shared real photos (``val``: ``imagenet-sample/val``, ``train``:
     ``imagenette/train``); else []."""
     files = run.files(split)

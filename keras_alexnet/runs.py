@@ -107,33 +107,34 @@ def fsync_dir(path):
         os.close(fd)
 
 
-def atomic_write_text(path, text):
-    """Writes ``text`` to ``path`` so that a reader sees the old or the new file, whole."""
+def _atomic(path, write, tmp_name):
+    """``write(tmp)``, fsync, rename onto ``path``; the temporary file never stays behind."""
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
+    tmp = path.with_name(tmp_name)
     try:
-        with open(tmp, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    fsync_dir(path.parent)
-
-
-def atomic_save_model(model, path):
-    """`model.save(path)` through a temporary file and an atomic rename."""
-    path = Path(path)
-    tmp = path.with_name(f".tmp-{path.name}")  # keeps the .keras suffix Keras wants
-    try:
-        model.save(tmp)
+        write(tmp)
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
     fsync_dir(path.parent)
+
+
+def atomic_write_text(path, text):
+    """Writes ``text`` to ``path`` so that a reader sees the old or the new file, whole."""
+    _atomic(path, lambda tmp: Path(tmp).write_text(text), f".{Path(path).name}.tmp")
+
+
+def atomic_save_model(model, path):
+    """`model.save(path)` through a temporary file and an atomic rename."""
+    # The temporary name keeps the .keras suffix Keras wants.
+    _atomic(path, model.save, f".tmp-{Path(path).name}")
+
+
+def atomic_save_npy(array, path):
+    """`numpy.save` (no pickles) through a temporary file and an atomic rename."""
+    _atomic(path, lambda tmp: np.save(tmp, np.asarray(array), allow_pickle=False), f".tmp-{Path(path).name}")
 
 
 def atomic_link_or_copy(src, dst):
@@ -150,21 +151,6 @@ def atomic_link_or_copy(src, dst):
     finally:
         tmp.unlink(missing_ok=True)
     fsync_dir(dst.parent)
-
-
-def atomic_save_npy(array, path):
-    """`numpy.save` through a temporary file and an atomic rename."""
-    path = Path(path)
-    tmp = path.with_name(f".tmp-{path.name}")
-    try:
-        with open(tmp, "wb") as f:
-            np.save(f, np.asarray(array), allow_pickle=False)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    fsync_dir(path.parent)
 
 
 def _read_json(path):
@@ -470,7 +456,7 @@ def find_model(directory):
         if (directory / name).is_file():
             return directory / name
     raise RunNotFoundError(
-        f"No model in {directory}: none of {', '.join(MODEL_FILES)} exists there."
+        f"No model in {directory}: none of {', '.join(str(directory / n) for n in MODEL_FILES)} exists."
     )
 
 
@@ -728,7 +714,7 @@ class Run:
 
 def _check_model(model, run):
     shape = tuple(model.input_shape)
-    where = run.path / CONFIG_FILE if run.path else "the arguments"
+    where = f"its run {run.path / CONFIG_FILE}" if run.path else "the arguments"
     if len(shape) != 4 or shape[1] is None or shape[1] != shape[2] or shape[3] != 3:
         raise RunError(f"{run.model_path}: expected a model of square images (None, c, c, 3), "
                        f"got input shape {shape}.")

@@ -148,7 +148,7 @@ class EpochInfo(keras.callbacks.Callback):
 # The training state, each epoch ---------------------------------------------------
 
 
-class RunCheckpoint(keras.callbacks.Callback):
+class SaveTrainingState(keras.callbacks.Callback):
     """Writes the training state of a run at the end of every epoch, kill-safe
     (`keras_alexnet.runs.save_training_state`: model and state, ``best.keras``,
     ``last.keras``, ``metrics.csv``, then the pointer).
@@ -484,7 +484,7 @@ def train(recipe, train_source, val_source, settings, stats_path=None, data_desc
 
     counter = data_lib.SkipCounter()
     callbacks.append(data_lib.SkipReport(counter, len(train_source.non_image_files)))
-    checkpoint = RunCheckpoint(run_dir, {"plateau": plateau} if plateau else {}, history, MONITOR, is_chief, worker_index)
+    checkpoint = SaveTrainingState(run_dir, {"plateau": plateau} if plateau else {}, history, MONITOR, is_chief, worker_index)
     # The checkpoint goes after every callback that adds to the logs or changes state.
     callbacks += [checkpoint]
     if is_chief:

@@ -60,10 +60,10 @@ FIGURES = (
     "conv1_filters.png",
     "conv1_filters_change.png",
     "colour_specificity.png",
+    "training_curves.png",
     "activations.png",
     "predictions.png",
     "neighbours.png",
-    "training_curves.png",
 )
 
 
@@ -399,7 +399,7 @@ def plot_conv1_filters(model, path=None, cols=12, initial=None):
         path: optional PNG path.
         cols: kernels per row (12: four rows per tower).
         initial: optional model of the same layout holding the weights before training
-            (e.g. `notebook_utils.RunView.initial_model`): then each kernel's *change*
+            (e.g. `keras_alexnet.runs.Run.initial_model`): then each kernel's *change*
             (trained minus initial) is drawn. After a short run the kernels are still
             mostly their random start; the change shows what was learned.
     """

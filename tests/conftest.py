@@ -17,3 +17,34 @@ def shared_data():
     if not SHARED_DATA.is_dir():
         pytest.skip(f"real photos not found at {SHARED_DATA}")
     return SHARED_DATA
+
+
+def train_tiny_run(run_dir, data_dir, **recipe_overrides):
+    """Trains a real run of the ``tiny`` preset through `keras_alexnet.training.train`
+    (a couple of steps: a run directory exactly as train.py writes it)."""
+    from keras_alexnet import data, recipes, training
+
+    recipe = recipes.resolve("tiny", dict(dict(epochs=2), **recipe_overrides))
+    train_source = data.load_source(data_dir, "train")
+    val_source = data.load_source(data_dir, "val", class_names=train_source.class_names)
+    settings = training.RunSettings(output_dir=str(run_dir), max_steps_per_epoch=2, verbose=0,
+                                    precision="float32")
+    description = {"data_dir": str(data_dir), "tfds": None, "train_split": "train", "val_split": "val",
+                   "class_index": train_source.class_index, "preset": "tiny"}
+    training.train(recipe, train_source, val_source, settings, None, description)
+    return Path(run_dir)
+
+
+@pytest.fixture(scope="session")
+def tiny_data(tmp_path_factory):
+    """A small copy of the built-in synthetic dataset: 4 classes, 16 + 4 images each."""
+    from keras_alexnet import synthetic
+
+    return synthetic.make_dataset(tmp_path_factory.mktemp("tiny_data"), num_classes=4,
+                                  train_per_class=16, val_per_class=4, size=64)
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory, tiny_data):
+    """One real tiny run (2 epochs of 2 steps), shared by the tests that read runs."""
+    return train_tiny_run(tmp_path_factory.mktemp("tiny_run") / "run", tiny_data)

@@ -39,7 +39,7 @@ if kind == "replace":
 
     os.replace = replace
 elif kind == "torn":
-    real_save = training.atomic_save_model.__globals__["keras"].Model.save
+    real_save = keras.Model.save
 
     def save(model, filepath, *args, **kwargs):
         real_save(model, filepath, *args, **kwargs)

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 import keras_alexnet  # registers the custom layers for loading
-from keras_alexnet import synthetic
+from keras_alexnet import runs, synthetic
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -30,11 +30,14 @@ def free_ports(n):
 @pytest.mark.e2e
 def test_two_workers_train_together_and_end_with_identical_weights(tmp_path):
     data_dir = synthetic.make_dataset(tmp_path / "data", num_classes=3, train_per_class=16, val_per_class=4, size=64)
+    # An undecodable file listed first: it is in worker 0's shard (every 2nd file from the
+    # first), so only worker 0 may ever meet it.
+    (data_dir / "train" / "disc" / "0000_broken.JPEG").write_bytes(b"not a jpeg")
     run_dir = tmp_path / "run"
     cluster = {"worker": [f"127.0.0.1:{p}" for p in free_ports(2)]}
     flags = ["--data-dir", str(data_dir), "--output-dir", str(run_dir), "--strategy", "multi-worker",
              "--preset", "tiny", "--resize-size", "72", "--crop-size", "67", "--fc-units", "32",
-             "--batch-size", "8", "--epochs", "2", "--max-steps-per-epoch", "3", "--quiet"]
+             "--batch-size", "8", "--epochs", "2", "--quiet"]
     procs = []
     for index in range(2):
         env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2",
@@ -51,9 +54,11 @@ def test_two_workers_train_together_and_end_with_identical_weights(tmp_path):
     assert len(chief.get_weights()) == len(worker.get_weights())
     for a, b in zip(chief.get_weights(), worker.get_weights()):
         np.testing.assert_array_equal(a, b)
-    # They trained: 2 epochs x 3 steps of SGD moved the weights away from the start.
-    assert int(chief.optimizer.iterations.numpy()) == 6
+    # They trained: 2 epochs of ceil(25 files / 2 workers / 4 per worker) = 7 steps.
+    assert int(chief.optimizer.iterations.numpy()) == 14
     assert not np.allclose(chief.get_weights()[0], fresh.get_weights()[0])
     # Each worker read its own half of the data (sharded before decoding).
     config = json.loads((run_dir / "config.json").read_text())
     assert config["settings"]["strategy"] == "multi-worker"
+    skipped = [runs.read_metrics(d)["skipped_files"] for d in (run_dir, run_dir / "workers" / "1")]
+    assert skipped[0].sum() >= 1 and skipped[1].sum() == 0  # worker 0 met it, worker 1 never

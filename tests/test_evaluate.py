@@ -23,7 +23,8 @@ import tensorflow as tf
 from PIL import Image
 
 import keras_alexnet
-from keras_alexnet import data, evaluation
+from keras_alexnet import data, evaluation, imagenet, runs
+from keras_alexnet.model import outputs_probabilities
 from keras_alexnet import stats as stats_lib
 
 REPO = Path(__file__).resolve().parents[1]
@@ -54,15 +55,15 @@ def make_stats(mean_image, class_names=("x",)):
 
 
 def write_run(run_dir, models, recipe, class_names, class_index="compact", mean_image=None):
-    """A run directory as train.py lays it out: config.json, stats.npz, *.keras."""
+    """A run directory as train.py lays it out, written with the run module's writers:
+    config.json, stats.npz, *.keras (models chosen by the test)."""
     run_dir.mkdir(parents=True, exist_ok=True)
     for name, model in models.items():
-        model.save(run_dir / name)
-    config = {"recipe": recipe, "num_classes": len(class_names), "class_names": list(class_names),
-              "class_index": class_index, "data": {}}
-    (run_dir / "config.json").write_text(json.dumps(config))
+        runs.atomic_save_model(model, run_dir / name)
+    runs.write_config(run_dir, {"recipe": recipe, "num_classes": len(class_names),
+                                "class_names": list(class_names), "class_index": class_index, "data": {}})
     if mean_image is not None:
-        make_stats(mean_image, class_names).save(run_dir / "stats.npz")
+        runs.write_stats(run_dir, make_stats(mean_image, class_names))
     return run_dir
 
 
@@ -199,8 +200,8 @@ def test_ten_crop_equals_softmax_average_over_numpy_crops(tmp_path):
 def test_logits_models_are_softmaxed_before_averaging():
     logits = keras_alexnet.AlexNet(input_shape=(CROP, CROP, 3), classes=4, fc_units=16, seed=0,
                                    classifier_activation=None)
-    assert not evaluation.outputs_probabilities(logits)
-    assert evaluation.outputs_probabilities(sensitive_alexnet(4))
+    assert not outputs_probabilities(logits)
+    assert outputs_probabilities(sensitive_alexnet(4))
     crops = np.random.default_rng(0).normal(0, 50, (2, 10, CROP, CROP, 3)).astype(np.float32)
     raw = logits.predict(crops.reshape(-1, CROP, CROP, 3), verbose=0).reshape(2, 10, 4)
     expected = tf.nn.softmax(raw, axis=-1).numpy().mean(axis=1)
@@ -281,8 +282,9 @@ def test_cli_evaluates_a_run_with_its_preprocessing(colour_run, tmp_path, capsys
     assert r["top5_error"] == 0.0 and r["crops"] == "center" and r["crops_per_image"] == 1
     assert r["images_per_second"] == pytest.approx(r["images"] / r["seconds"])
     assert r["preprocessing"] == {"crop_size": CROP, "resize_size": RESIZE, "mean": "image",
+                                  "mean_rgb": None, "std_rgb": None, "channel_order": "RGB",
                                   "stats": str(colour_run / "run" / "stats.npz"),
-                                  "from": str(colour_run / "run" / "config.json"), "overrides": []}
+                                  "source": str(colour_run / "run" / "config.json"), "overrides": []}
     table = out[out.index("crops"):]
     for column in ("images", "skipped", "top-1 error", "top-5 error", "seconds", "images/s"):
         assert column in table
@@ -313,27 +315,27 @@ def test_run_directory_prefers_best_then_last(tmp_path):
     (run / "config.json").write_text("{}")
     for name in ("best.keras", "last.keras", "checkpoints/epoch-0002.keras"):
         (run / name).write_bytes(b"")
-    assert evaluation.find_checkpoint(run) == (run / "best.keras", run)
-    assert evaluation.find_checkpoint(run / "last.keras") == (run / "last.keras", run)
-    assert evaluation.find_checkpoint(run / "checkpoints" / "epoch-0002.keras") == (
+    assert runs.find_run(run) == (run / "best.keras", run)
+    assert runs.find_run(run / "last.keras") == (run / "last.keras", run)
+    assert runs.find_run(run / "checkpoints" / "epoch-0002.keras") == (
         run / "checkpoints" / "epoch-0002.keras", run)
     (run / "best.keras").unlink()
-    assert evaluation.find_checkpoint(run) == (run / "last.keras", run)
+    assert runs.find_run(run) == (run / "last.keras", run)
     (run / "last.keras").unlink()
-    with pytest.raises(evaluation.CheckpointNotFoundError, match=re.escape(str(run / "best.keras"))):
-        evaluation.find_checkpoint(run)
-    with pytest.raises(evaluation.CheckpointNotFoundError, match=re.escape(str(tmp_path / "nope"))):
-        evaluation.find_checkpoint(tmp_path / "nope")
+    with pytest.raises(runs.RunNotFoundError, match=re.escape(str(run / "best.keras"))):
+        runs.find_run(run)
+    with pytest.raises(runs.RunNotFoundError, match=re.escape(str(tmp_path / "nope"))):
+        runs.find_run(tmp_path / "nope")
     (tmp_path / "model.h5").write_bytes(b"")
-    with pytest.raises(evaluation.EvaluationError, match="not a .keras model file"):
-        evaluation.find_checkpoint(tmp_path / "model.h5")
+    with pytest.raises(runs.RunError, match="not a .keras model file"):
+        runs.find_run(tmp_path / "model.h5")
 
 
 def test_last_keras_is_used_without_best(colour_run, tmp_path):
     run = tmp_path / "run"
     shutil.copytree(colour_run / "run", run)
     (run / "best.keras").unlink()
-    checkpoint = evaluation.load_checkpoint(run)
+    checkpoint = runs.open_run(run)
     assert checkpoint.model_path == run / "last.keras"
     source = evaluation.load_eval_source(checkpoint, colour_run / "data")
     r = evaluation.run_evaluation(checkpoint, source, top5=False, progress=False)
@@ -346,20 +348,21 @@ def test_bare_keras_needs_stats_or_mean_none(colour_run, tmp_path, capsys):
     bare = tmp_path / "elsewhere" / "model.keras"
     bare.parent.mkdir()
     shutil.copy(colour_run / "run" / "best.keras", bare)
-    with pytest.raises(evaluation.EvaluationError) as error:
-        evaluation.load_checkpoint(bare)
+    with pytest.raises(runs.RunError) as error:
+        runs.open_run(bare)
     for part in (str(bare), "--stats", "--mean none", "config.json"):
         assert part in str(error.value)
     code, _, err = run_cli(["--checkpoint", str(bare), "--data-dir", str(colour_run / "data")], capsys)
     assert code == 2 and "--mean none" in err and str(bare) in err
     # With the statistics given, the same numbers as the run (256/227 of 67 is 76).
-    checkpoint = evaluation.load_checkpoint(bare, stats=colour_run / "run" / "stats.npz",
+    checkpoint = runs.open_run(bare, stats=colour_run / "run" / "stats.npz",
                                             class_index="compact")
-    assert (checkpoint.resize_size, checkpoint.mean, checkpoint.class_names) == (RESIZE, "image", None)
+    pre = checkpoint.preprocessing
+    assert (pre.resize_size, pre.mean_mode, checkpoint.class_names) == (RESIZE, "image", None)
     source = evaluation.load_eval_source(checkpoint, colour_run / "data")
     assert source.class_names == ("blue", "green", "red")  # no run: sorted folder order
-    with pytest.raises(evaluation.EvaluationError, match="would not be used: the mean is 'none'"):
-        evaluation.load_checkpoint(bare, stats=colour_run / "run" / "stats.npz", mean="none")
+    with pytest.raises(runs.RunError, match="would not be used: the mean is 'none'"):
+        runs.open_run(bare, stats=colour_run / "run" / "stats.npz", mean="none")
 
 
 def test_class_count_mismatch_names_both_numbers_and_paths(colour_run, tmp_path, capsys):
@@ -380,7 +383,7 @@ def test_run_class_order_is_kept_when_a_class_is_missing(colour_run, tmp_path):
     data_dir = tmp_path / "two"
     for cls in ("green", "blue"):
         shutil.copytree(colour_run / "data" / "val" / cls, data_dir / "val" / cls)
-    checkpoint = evaluation.load_checkpoint(colour_run / "run")
+    checkpoint = runs.open_run(colour_run / "run")
     source = evaluation.load_eval_source(checkpoint, data_dir)
     assert source.class_names == CLASS_NAMES and source.num_classes == 3
     assert sorted(set(source.labels.tolist())) == [1, 2]  # green, blue in the run's order
@@ -392,16 +395,16 @@ def test_run_problems_are_clear_errors(colour_run, tmp_path):
     run = tmp_path / "run"
     shutil.copytree(colour_run / "run", run)
     (run / "stats.npz").unlink()
-    with pytest.raises(evaluation.CheckpointNotFoundError, match=re.escape(str(run / "stats.npz"))):
-        evaluation.load_checkpoint(run)
+    with pytest.raises(runs.RunNotFoundError, match=re.escape(str(run / "stats.npz"))):
+        runs.open_run(run)
     config = json.loads((run / "config.json").read_text())
-    config["recipe"]["crop_size"] = 99
+    config["recipe"]["crop_size"], config["recipe"]["resize_size"] = 99, 112
     (run / "config.json").write_text(json.dumps(config))
-    with pytest.raises(evaluation.EvaluationError, match="takes 67x67 inputs but its run .* says crop_size 99"):
-        evaluation.load_checkpoint(run, stats=colour_run / "run" / "stats.npz")
+    with pytest.raises(runs.RunError, match="takes 67x67 inputs but its run .* says crop_size 99"):
+        runs.open_run(run, stats=colour_run / "run" / "stats.npz").model
     (run / "best.keras").write_bytes(b"truncated")
-    with pytest.raises(evaluation.EvaluationError, match=re.escape(f"Cannot load the model {run / 'best.keras'}")):
-        evaluation.load_checkpoint(run, stats=colour_run / "run" / "stats.npz")
+    with pytest.raises(runs.RunError, match=re.escape(f"Cannot load the model {run / 'best.keras'}")):
+        runs.open_run(run, stats=colour_run / "run" / "stats.npz").model
 
 
 def test_bad_paths_exit_2_before_loading_anything(tmp_path, capsys):
@@ -471,8 +474,8 @@ def test_lambda_model_is_refused_unless_unsafe_load(colour_run, tmp_path, capsys
     run = tmp_path / "run"
     shutil.copytree(colour_run / "run", run, ignore=shutil.ignore_patterns("*.keras"))
     colour_model(lam=True).save(run / "best.keras")
-    with pytest.raises(evaluation.UnsafeModelError) as error:
-        evaluation.load_model(run / "best.keras")
+    with pytest.raises(runs.UnsafeModelError) as error:
+        runs.load_model(run / "best.keras")
     assert str(run / "best.keras") in str(error.value) and "--unsafe-load" in str(error.value)
     code, _, err = run_cli(["--checkpoint", str(run), "--data-dir", str(colour_run / "data")], capsys)
     assert code == 2 and "Refusing to load" in err and "--unsafe-load" in err
@@ -486,32 +489,32 @@ def test_lambda_model_is_refused_unless_unsafe_load(colour_run, tmp_path, capsys
 
 
 def test_imagenet_human_names_align_with_the_wnid_order():
-    names = evaluation.imagenet_class_names_human()
+    names = imagenet.imagenet_class_names_human()
     wnids = [line.strip() for line in TFDS_LABELS.read_text().splitlines() if line.strip()]
-    assert len(names) == 1000 and list(evaluation.imagenet_synset_words()) == wnids
+    assert len(names) == 1000 and list(imagenet.imagenet_synset_words()) == wnids
     assert names[0] == "tench, Tinca tinca" and wnids[0] == "n01440764"
     assert names[1] == "goldfish, Carassius auratus" and wnids[1] == "n01443537"
     assert names[999].startswith("toilet tissue") and wnids[999] == "n15075141"
-    assert evaluation.imagenet_class_names_human(short=True)[:2] == ("tench", "goldfish")
+    assert imagenet.imagenet_class_names_human(short=True)[:2] == ("tench", "goldfish")
     original = SHARED / "synset_words.txt"
     if original.is_file():  # the shipped copy is the original, line for line
-        shipped = [f"{w} {n}" for w, n in evaluation.imagenet_synset_words().items()]
+        shipped = [f"{w} {n}" for w, n in imagenet.imagenet_synset_words().items()]
         assert shipped == original.read_text().splitlines()
 
 
 def test_display_names():
-    assert evaluation.class_display_names(("n01443537", "disc"), 2) == ["goldfish (n01443537)", "disc"]
-    assert evaluation.class_display_names(None, 1000)[0] == "tench (n01440764)"
-    assert evaluation.class_display_names(None, 3) == ["class 0", "class 1", "class 2"]
-    with pytest.raises(evaluation.EvaluationError, match="2 class names for a model with 3"):
-        evaluation.class_display_names(("a", "b"), 3)
+    assert imagenet.class_display_names(("n01443537", "disc"), 2) == ["goldfish (n01443537)", "disc"]
+    assert imagenet.class_display_names(None, 1000)[0] == "tench (n01440764)"
+    assert imagenet.class_display_names(None, 3) == ["class 0", "class 1", "class 2"]
+    with pytest.raises(imagenet.ClassNamesError, match="2 class names for a model with 3"):
+        imagenet.class_display_names(("a", "b"), 3)
 
 
 # --------------------------------------------------------------------------- predictions
 
 
 def test_predict_files_uses_the_run_preprocessing_and_flags_unreadable(colour_run):
-    checkpoint = evaluation.load_checkpoint(colour_run / "run")
+    checkpoint = runs.open_run(colour_run / "run")
     folder = colour_run / "data" / "val"
     files = [folder / "green" / "0.png", folder / "red" / "broken.png", folder / "blue" / "1.png"]
     got = evaluation.predict_files(checkpoint, files, k=3)
@@ -538,7 +541,7 @@ def test_predict_prints_imagenet_names_for_an_imagenet_run(tmp_path, capsys):
     assert code == 0
     lines = [line for line in out.splitlines() if re.match(r"\s+\d\.\s", line)]
     assert len(lines) == 10
-    short = evaluation.imagenet_class_names_human(short=True)
+    short = imagenet.imagenet_class_names_human(short=True)
     wnids = data.imagenet_class_names()
     probabilities = []
     for line in lines:

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from nbclient import NotebookClient
 
-from keras_alexnet import notebook_utils, synthetic, visualize
+from keras_alexnet import notebook_utils, runs, synthetic
 
 REPO = Path(__file__).resolve().parents[1]
 NOTEBOOKS = REPO / "notebooks"
@@ -117,7 +117,7 @@ def test_notebook_is_committed_clean(path):
             f"{path.name}: define functions in keras_alexnet, not in the notebook:\n{cell.source}"
         )
     source = "\n".join(cell.source for cell in cells)
-    assert "from keras_alexnet import notebook_utils, visualize" in source
+    assert "from keras_alexnet import notebook_utils, runs, visualize" in source
     saved = set(re.findall(r'out_dir / "([\w.]+\.png)"', source))
     assert set(EXPECTED[path.name]) <= saved
 
@@ -141,14 +141,14 @@ def test_notebook_without_a_run_trains_the_default(tmp_path):
     # drawn once per machine (as train.py does) and linked in.
     cache = tmp_path / "cache"
     cache.mkdir()
-    (cache / "synthetic").symlink_to(synthetic.make_dataset(notebook_utils.cache_dir() / "synthetic"))
+    (cache / "synthetic").symlink_to(synthetic.default_dataset())
     out = tmp_path / "figures"
     nb = execute(NOTEBOOKS / "04_training_curves.ipynb",
                  kernel_env(KERAS_ALEXNET_CACHE=cache, KERAS_ALEXNET_OUT=out))
     assert "training the built-in default" in stdout_of(nb)
     run = cache / notebook_utils.DEFAULT_RUN
     assert (run / "best.keras").is_file()
-    assert len(visualize.read_metrics(run / "metrics.csv")["epoch"]) == notebook_utils.BRIEF_EPOCHS
+    assert len(runs.read_metrics(run)["epoch"]) == notebook_utils.BRIEF_EPOCHS
     assert_figure(out / "training_curves.png")
 
 
@@ -162,7 +162,7 @@ def test_get_run_and_figures_dir_precedence(tiny_run, tmp_path, monkeypatch):
     assert notebook_utils.get_run(tiny_run) == tiny_run
     monkeypatch.setenv(notebook_utils.RUN_ENV, str(tiny_run))
     assert notebook_utils.get_run(None) == tiny_run
-    with pytest.raises(FileNotFoundError, match=str(tmp_path / "nothing")):
+    with pytest.raises(runs.RunNotFoundError, match=str(tmp_path / "nothing")):
         notebook_utils.get_run(tmp_path / "nothing")  # the argument wins over the variable
 
     assert notebook_utils.figures_dir(tiny_run) == tiny_run / "figures"
@@ -175,29 +175,32 @@ def test_get_run_and_figures_dir_precedence(tiny_run, tmp_path, monkeypatch):
 def test_get_run_reuses_a_finished_default(tiny_run, tmp_path, monkeypatch, capsys):
     # A finished run in the default place is used as it is, nothing trained.
     monkeypatch.delenv(notebook_utils.RUN_ENV, raising=False)
-    monkeypatch.setenv(notebook_utils.CACHE_ENV, str(tmp_path))
+    monkeypatch.setenv(synthetic.CACHE_ENV, str(tmp_path))
     (tmp_path / notebook_utils.DEFAULT_RUN).symlink_to(tiny_run)
     assert notebook_utils.get_run(None) == tmp_path / notebook_utils.DEFAULT_RUN
     assert "using the briefly trained default" in capsys.readouterr().out
 
 
-def test_open_run_has_the_runs_preprocessing(tiny_run):
-    run = notebook_utils.open_run(tiny_run)
+def test_the_notebooks_run_view_has_the_runs_preprocessing(tiny_run):
+    run = runs.open_run(tiny_run)
+    pre = run.preprocessing
     config = json.loads((tiny_run / "config.json").read_text())
-    assert (run.crop, run.resize_size) == (config["recipe"]["crop_size"], config["recipe"]["resize_size"])
-    assert run.class_names == config["class_names"] == sorted(synthetic.CLASSES)
+    assert (pre.crop_size, pre.resize_size) == (config["recipe"]["crop_size"], config["recipe"]["resize_size"])
+    assert list(run.class_names) == config["class_names"] == sorted(synthetic.CLASSES)
     with np.load(tiny_run / "stats.npz") as stats:
         mean = stats["mean_image"]
-    top = (run.resize_size - run.crop) // 2
-    x = np.full((1, run.crop, run.crop, 3), 100.0, np.float32)
-    np.testing.assert_allclose(run.preprocess(x)[0], 100.0 - mean[top : top + run.crop, top : top + run.crop])
+    top = (pre.resize_size - pre.crop_size) // 2
+    x = np.full((1, pre.crop_size, pre.crop_size, 3), 100.0, np.float32)
+    np.testing.assert_allclose(pre.network_input(x)[0], 100.0 - mean[top : top + pre.crop_size, top : top + pre.crop_size])
     val = run.files("val")
-    assert len(val) == 8 * 40 and run.label(val[0]) == 0 and run.label(val[-1]) == 7
+    manifest = json.loads((run.data_dir() / "manifest.json").read_text())
+    assert len(val) == manifest["num_classes"] * manifest["val_per_class"]
+    assert run.label(val[0]) == 0 and run.label(val[-1]) == 7
     assert run.label(Path("elsewhere/n01440764/x.JPEG")) == -1
-    assert run.load(val[:2]).shape == (2, run.crop, run.crop, 3)
+    assert pre.load(val[:2]).shape == (2, pre.crop_size, pre.crop_size, 3)
     shown = notebook_utils.image_files(run, "val", 8)
     assert sorted({run.label(p) for p in shown}) == list(range(8))  # one per class
-    text = notebook_utils.describe_run(tiny_run)
+    text = run.describe()
     assert "2 epochs trained" in text and "chance: top-1 error 87.5%" in text
 
 
@@ -207,22 +210,29 @@ def test_relative_data_dir_is_found_from_any_working_directory(tmp_path, monkeyp
     where_trained = tmp_path / "checkout"
     (where_trained / "data" / "val" / "n01440764").mkdir(parents=True)
     (where_trained / "data" / "val" / "n01440764" / "a.JPEG").write_bytes(b"x")
+
+    def data_dir(config):
+        return runs.Run(path=tmp_path, model_path=tmp_path / "best.keras", config=config, kind="trained",
+                        preprocessing=runs.Preprocessing(99, 112), class_names=None, class_index="auto",
+                        num_classes=None).data_dir()
+
     config = {"data": {"data_dir": "data", "tfds": None}, "working_dir": str(where_trained)}
     monkeypatch.chdir(tmp_path)  # "data" does not exist here
-    assert notebook_utils.run_data_dir(config) == where_trained / "data"
-    assert notebook_utils.run_data_dir({"data": {"data_dir": "/abs/data"}}) == Path("/abs/data")
-    assert notebook_utils.run_data_dir({"data": {"tfds": "imagenette"}}) is None
+    assert data_dir(config) == where_trained / "data"
+    assert data_dir({"data": {"data_dir": "/abs/data"}}) == Path("/abs/data")
+    assert data_dir({"data": {"tfds": "imagenette"}}) is None
     # Runs from before working_dir was recorded keep the old meaning (relative to cwd).
-    assert notebook_utils.run_data_dir({"data": {"data_dir": "data"}}) == Path("data")
+    assert data_dir({"data": {"data_dir": "data"}}) == Path("data")
 
 
 def test_one_image_falls_back_to_a_drawn_image(tiny_run, monkeypatch):
-    run = notebook_utils.open_run(tiny_run)
+    run = runs.open_run(tiny_run)
     run.config = {}  # the run's data is not here
     monkeypatch.setattr(notebook_utils, "real_photos", lambda: [])
     image, where = notebook_utils.one_image(run)
     assert "synthetic" in where
-    assert image.shape == (run.crop, run.crop, 3) and 0 <= image.min() and image.max() <= 255
+    crop = run.preprocessing.crop_size
+    assert image.shape == (crop, crop, 3) and 0 <= image.min() and image.max() <= 255
 
 
 def test_spread():

@@ -1,8 +1,8 @@
 """The visualisation module: its NumPy cores against independent transcriptions, what the
 model functions return, and that every figure and the command write real PNGs."""
 
-import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -13,6 +13,7 @@ import pytest
 from matplotlib.figure import Figure
 
 import keras_alexnet
+from keras_alexnet import data, evaluation, imagenet, runs
 from keras_alexnet import visualize as viz
 from keras_alexnet.model import towers_to_grouped
 
@@ -39,8 +40,10 @@ def images():
     return np.repeat(np.repeat(coarse, 8, axis=1), 8, axis=2)[:, :67, :67].astype(np.float32)
 
 
-def centred(x):
-    return viz.subtract_mean(x, viz.IMAGENET_RGB_MEAN)
+# The tiny model's preprocessing: ImageNet's mean pixel (Caffe's B, G, R 104, 117, 123).
+PRE = runs.Preprocessing(crop_size=67, resize_size=76, mean_mode="channel",
+                         mean=np.array([123.68, 116.779, 103.939]), source="test")
+centred = PRE.network_input
 
 
 def assert_png(path, fig, min_std=0.02):
@@ -186,11 +189,11 @@ def test_nearest_neighbours_equal_brute_force():
 
 def test_top_k():
     probs = np.array([[0.1, 0.5, 0.15, 0.25], [0.4, 0.1, 0.4, 0.1]])
-    got = viz.top_k(probs, ["a", "b", "c", "d"], k=3)
+    got = evaluation.top_k(probs, ["a", "b", "c", "d"], k=3)
     assert got == [[("b", 0.5), ("d", 0.25), ("c", 0.15)], [("a", 0.4), ("c", 0.4), ("b", 0.1)]]
-    assert viz.top_k(probs, None, k=1) == [[("1", 0.5)], [("0", 0.4)]]
+    assert evaluation.top_k(probs, None, k=1) == [[("1", 0.5)], [("0", 0.4)]]
     with pytest.raises(ValueError):
-        viz.top_k(probs, ["a", "b"])
+        evaluation.top_k(probs, ["a", "b"])
 
 
 def test_top5_of_the_model(towers, images):
@@ -276,11 +279,11 @@ def test_plot_predictions_and_neighbours(towers, images, tmp_path):
 
 
 def test_figures_of_real_photos(towers, shared_data, tmp_path):
-    files = viz.list_images(shared_data / "imagenet-sample" / "val")[:3]
+    files = data.list_images(shared_data / "imagenet-sample" / "val")[:3]
     assert len(files) == 3
-    photos = viz.load_images(files, crop=67)
+    photos = PRE.load(files)
     assert photos.shape == (3, 67, 67, 3) and photos.min() >= 0 and photos.max() <= 255
-    words = viz.read_synset_words(shared_data / "synset_words.txt")
+    words = imagenet.imagenet_synset_words()
     labels = [words[f.parent.name] for f in files]
     fig = viz.plot_predictions(towers, photos, labels + ["x"] * 7, tmp_path / "p.png", labels=labels, preprocess=centred)
     assert_png(tmp_path / "p.png", fig)
@@ -291,17 +294,7 @@ def test_figures_of_real_photos(towers, shared_data, tmp_path):
     assert_png(tmp_path / "n.png", fig)
 
 
-def test_subtract_mean():
-    images = np.ones((2, 3, 3, 3), np.float32) * 100
-    channel = np.array([10.0, 20.0, 30.0])
-    np.testing.assert_array_equal(viz.subtract_mean(images, channel)[1, 2, 0], [90, 80, 70])
-    mean_image = np.arange(5 * 5 * 3, dtype=np.float32).reshape(5, 5, 3)  # larger: centre crop
-    np.testing.assert_array_equal(viz.subtract_mean(images, mean_image), images - mean_image[1:4, 1:4])
-    small = mean_image[:2, :2]  # smaller: its channel mean
-    np.testing.assert_allclose(viz.subtract_mean(images, small), images - small.reshape(-1, 3).mean(0))
-
-
-def test_load_image_centre_crop(tmp_path):
+def test_preprocessing_load_takes_the_centre_crop(tmp_path):
     from PIL import Image
 
     # 40 high, 80 wide: shorter side to 76 (= round(67 * 256 / 227)) gives 76x152, then
@@ -310,8 +303,7 @@ def test_load_image_centre_crop(tmp_path):
     array[:, 40:] = 255
     Image.fromarray(array).save(tmp_path / "half.png")
     Image.fromarray(array[..., 0]).save(tmp_path / "grey.png")  # one channel
-    for name in ("half.png", "grey.png"):
-        image = viz.load_image(tmp_path / name, crop=67)
+    for image in PRE.load([tmp_path / "half.png", tmp_path / "grey.png"]):
         assert image.shape == (67, 67, 3) and image.dtype == np.float32
         assert image[:, :30].max() < 1 and image[:, 37:].min() > 254
 
@@ -326,10 +318,10 @@ WRITE_CSV = """epoch,loss,top1_error,top5_error,val_loss,val_top1_error,val_top5
 
 def test_read_metrics_and_training_curves(tmp_path):
     (tmp_path / "metrics.csv").write_text(WRITE_CSV)
-    metrics = viz.read_metrics(tmp_path / "metrics.csv")
+    metrics = runs.read_metrics(tmp_path)  # a run directory
     assert set(metrics) == {"epoch", "loss", "top1_error", "top5_error", "val_loss", "val_top1_error", "val_top5_error", "lr"}
     np.testing.assert_array_equal(metrics["lr"], [0.01, 0.01, 0.001, 0.0001])
-    fig = viz.plot_training_curves(tmp_path, tmp_path / "curves.png")  # a run directory
+    fig = viz.plot_training_curves(metrics, tmp_path / "curves.png")
     assert_png(tmp_path / "curves.png", fig)
     titles = [ax.get_title() for ax in fig.axes]
     assert titles == ["loss", "top-1 error", "top-5 error", "learning rate"]
@@ -343,72 +335,47 @@ def test_training_curves_accept_accuracy_columns_and_missing_ones(tmp_path):
         "epoch,loss,top1_accuracy,val_top5_accuracy,learning_rate\n"
         "0,2.3,0.10,0.50,0.01\n1,2.0,0.30,0.70,\n2,1.8,0.45,0.85,0.001\n"
     )
-    series = viz.training_series(viz.read_metrics(path))
+    series = viz.training_series(runs.read_metrics(path))
     np.testing.assert_allclose(series["top1"]["train"], [0.9, 0.7, 0.55])
     assert series["top1"]["val"] is None and series["top1"]["from_accuracy"]
     np.testing.assert_allclose(series["top5"]["val"], [0.5, 0.3, 0.15])
     assert np.isnan(series["lr"][1])  # an empty cell
-    fig = viz.plot_training_curves(path, tmp_path / "curves.png")
+    fig = viz.plot_training_curves(runs.read_metrics(path), tmp_path / "curves.png")
     assert_png(tmp_path / "curves.png", fig)
     assert [ax.get_title() for ax in fig.axes if ax.axison] == [
         "loss", "top-1 error (1 - accuracy)", "top-5 error (1 - accuracy)", "learning rate",
     ]
     (tmp_path / "nothing.csv").write_text("epoch,foo\n1,2\n")
     with pytest.raises(ValueError, match="nothing.csv"):
-        viz.plot_training_curves(tmp_path / "nothing.csv")
+        viz.plot_training_curves(runs.read_metrics(tmp_path / "nothing.csv"), title="nothing.csv")
 
 
 # ---------------------------------------------------------------------------------------
 # The command
 
 
-def fake_run(tmp_path, towers, metrics=True):
-    """A run directory as train.py writes it, at toy size, and tiny class-per-directory
-    images named by (made-up) wnids."""
-    run = tmp_path / "run"
-    run.mkdir()
-    towers.save(run / "best.keras")
-    wnids = [f"n{i:08d}" for i in range(10)]
-    (run / "config.json").write_text(json.dumps({"class_names": wnids, "input_shape": [67, 67, 3]}))
-    # As keras_alexnet.stats writes it: the mean image of the resized images.
-    np.savez(run / "stats.npz", mean_image=np.full((80, 80, 3), 110.0, np.float32), resize_size=80)
-    if metrics:
-        (run / "metrics.csv").write_text(WRITE_CSV)
-    (tmp_path / "words.txt").write_text("".join(f"{w} thing {i}, other\n" for i, w in enumerate(wnids)))
-    from PIL import Image
-
-    rng = np.random.default_rng(0)
-    for split, per_class in (("queries", 1), ("base", 3)):
-        for w in wnids[:4]:
-            (tmp_path / split / w).mkdir(parents=True)
-            for j in range(per_class):
-                array = rng.integers(0, 256, size=(30 + 5 * j, 40, 3), dtype=np.uint8)
-                Image.fromarray(array).save(tmp_path / split / w / f"{j}.png")
-    return run
-
-
-def test_command_writes_every_figure(towers, tmp_path, capsys):
-    run = fake_run(tmp_path, towers)
+def test_command_writes_every_figure(tiny_run, tiny_data, tmp_path, capsys):
     out = tmp_path / "figures"
     written = viz.main([
-        "--run", str(run), "--out", str(out), "--images", str(tmp_path / "queries"),
-        "--neighbours-from", str(tmp_path / "base"), "--max-base", "10", "--k", "3",
-        "--synset-words", str(tmp_path / "words.txt"),
+        "--run", str(tiny_run), "--out", str(out), "--images", str(tiny_data / "val"),
+        "--neighbours-from", str(tiny_data / "train"), "--max-base", "10", "--k", "3",
     ])
-    assert sorted(p.name for p in written) == sorted(viz.FIGURES)
+    assert [p.name for p in written] == list(viz.FIGURES)  # what the README promises, in order
     printed = capsys.readouterr().out
     for name in viz.FIGURES:
         assert f"wrote {out / name}" in printed
         assert float(matplotlib.image.imread(out / name)[..., :3].std()) > 0.02
-    assert "stats.npz[mean_image]; images: shorter side 80, centre crop 67" in printed
+    assert f"preprocessing: {tiny_run / 'config.json'}; shorter side 112, centre crop 99, mean image" in printed
     assert "neighbours among 10 images" in printed
 
 
-def test_command_writes_only_what_its_inputs_allow(towers, tmp_path, capsys):
-    run = fake_run(tmp_path, towers, metrics=False)
-    (run / "best.keras").rename(run / "last.keras")  # falls back to last.keras
+def test_command_writes_only_what_its_inputs_allow(tiny_run, tmp_path, capsys):
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    (run / "metrics.csv").unlink()
+    (run / "best.keras").unlink()  # falls back to last.keras
     written = viz.main(["--run", str(run)])
-    assert sorted(p.name for p in written) == ["colour_specificity.png", "conv1_filters.png"]
+    assert [p.name for p in written] == ["conv1_filters.png", "conv1_filters_change.png", "colour_specificity.png"]
     assert all(p.parent == run / "figures" for p in written)
     printed = capsys.readouterr().out
     assert "last.keras" in printed and "skipping training_curves.png" in printed
@@ -439,7 +406,7 @@ def test_command_missing_run_or_model_names_the_path(tmp_path):
     with pytest.raises(FileNotFoundError, match="no_such_run"):
         viz.main(["--run", str(missing), "--out", str(tmp_path / "out")])
     (tmp_path / "empty_run").mkdir()
-    with pytest.raises(FileNotFoundError, match=r"empty_run.*best\.keras.*last\.keras"):
+    with pytest.raises(runs.RunNotFoundError, match=r"empty_run.*best\.keras.*last\.keras"):
         viz.main(["--run", str(tmp_path / "empty_run")])
     assert not (tmp_path / "out").exists()
     # From the shell: one line naming the path, no traceback.
@@ -448,5 +415,5 @@ def test_command_missing_run_or_model_names_the_path(tmp_path):
         capture_output=True, text=True, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"), timeout=120,
     )
     assert result.returncode != 0
-    assert f"error: run directory not found: {missing}" in result.stderr
+    assert f"error: Checkpoint not found: {missing} does not exist." in result.stderr
     assert "Traceback" not in result.stderr

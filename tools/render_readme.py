@@ -1,20 +1,27 @@
 """Renders the README's tables from the files that runs and benchmarks wrote.
 
-    python bench/report.py                 # print every table (markdown)
-    python bench/report.py --update-readme # rewrite the marked sections of README.md
+    python tools/render_readme.py                 # print every table (markdown)
+    python tools/render_readme.py --update-readme # rewrite the marked sections of README.md
 
 Tables are never typed by hand: each section of README.md between
 ``<!-- NAME:start -->`` and ``<!-- NAME:end -->`` is the output of one function here.
+Run directories (results/*/) are read through `keras_alexnet.runs`; the speed tables
+from bench/results/*.json, the training-speed one by bench/bench_train.py's own
+`render_table`.
 """
 
 import argparse
-import csv
+import importlib.util
 import json
 import re
+import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
+sys.path.insert(0, str(ROOT))  # keras_alexnet from this checkout, installed or not
+
+CURVES_PNG = "training_curves.png"  # `python -m keras_alexnet.visualize` curves of a run
 
 
 def _machine(m):
@@ -61,8 +68,7 @@ def train_speed_table():
     path = RESULTS / "train_speed.json"
     if not path.is_file():
         return f"(no {path.relative_to(ROOT)} yet: run `python bench/bench_train.py`)"
-    import importlib.util
-
+    # bench/ is not a package: load bench_train.py by path for its table function.
     spec = importlib.util.spec_from_file_location("bench_train", ROOT / "bench" / "bench_train.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -85,17 +91,30 @@ def _recipe_changes(config):
     return name + (" with " + ", ".join(changed) if changed else "")
 
 
+def _curves(run_dir):
+    """The run's training-curves PNG: beside its files, or in its figures/ folder."""
+    from keras_alexnet import runs
+
+    for path in (run_dir / CURVES_PNG, run_dir / runs.FIGURES_DIR / CURVES_PNG):
+        if path.is_file():
+            return path
+    return None
+
+
 def runs_table(runs_dir=ROOT / "results"):
-    """One row per run directory under results/ that holds a summary.json, then each
-    run's curves (``training_curves.png`` beside it, from `python -m keras_alexnet.visualize`)."""
+    """One row per finished run directory under results/ (one with a summary), then each
+    run's curves (``training_curves.png``, from `python -m keras_alexnet.visualize`)."""
+    from keras_alexnet import runs
+
     rows = ["| run | data | recipe | epochs | val top-1 / top-5 error (last epoch) | "
             "best val top-1 error (epoch) | best top-1 accuracy | hours |",
             "|---|---|---|---|---|---|---|---|"]
     figures = []
-    for summary_path in sorted(Path(runs_dir).glob("*/summary.json")):
-        run = summary_path.parent
-        s = json.loads(summary_path.read_text())
-        config = json.loads((run / "config.json").read_text())
+    for run in sorted(d for d in Path(runs_dir).iterdir() if d.is_dir()):
+        s = runs.read_summary(run)
+        if s is None:  # not finished (or not a run)
+            continue
+        config = runs.read_config(run)
         f, b = s["final"], s["best"]
         data = Path(config["data"].get("data_dir") or "").name or config["data"].get("tfds")
         rows.append(f"| `{run.name}` | {data} ({s['train_images']:,} train / {s['val_images']:,} val images, "
@@ -103,9 +122,9 @@ def runs_table(runs_dir=ROOT / "results"):
                     f"{s['epochs']} | {f['val_top1_error']:.1%} / {f['val_top5_error']:.1%} | "
                     f"{b['val_top1_error']:.1%} ({b['epoch']}) | {1 - b['val_top1_error']:.1%} | "
                     f"{s['total_epoch_seconds'] / 3600:.2f} |")
-        if (run / "training_curves.png").is_file():
-            rel = (run / "training_curves.png").relative_to(ROOT)
-            figures.append(f"![training curves of {run.name}]({rel})")
+        png = _curves(run)
+        if png is not None:
+            figures.append(f"![training curves of {run.name}]({png.relative_to(ROOT)})")
     if len(rows) == 2:
         return "(no run in results/ yet)"
     return "\n".join(rows + ([""] + figures if figures else []))

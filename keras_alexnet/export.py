@@ -172,7 +172,8 @@ def tflite_function(run, *, ten_crop=False, lrn_implementation="tf_nn"):
     (``S`` = resize size) -> ``probabilities`` ``[1, classes]``.
 
     Returns:
-        ``(module, concrete_function)`` (the module holds the weights).
+        ``(module, concrete_function)`` (the module holds the weights; `tflite_model`
+        freezes them into constants).
     """
     import tensorflow as tf
 
@@ -287,31 +288,59 @@ def tflite_model(run, *, ten_crop=False, allow_select_tf_ops=False):
         ExportError: the builtins do not suffice and ``allow_select_tf_ops`` is False.
     """
     import tensorflow as tf
+    # Weights as constants: FULLY_CONNECTED with constant filters instead of VAR_HANDLE /
+    # READ_VARIABLE resource ops and BATCH_MATMUL. (The TF2 form of TF1's graph freezing;
+    # a TensorFlow internal module, stable since TF 2.2.)
+    from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
 
-    module, concrete = tflite_function(run, ten_crop=ten_crop)
-    converter = tf.lite.TFLiteConverter.from_concrete_functions([concrete], module)
-    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
+    _, concrete = tflite_function(run, ten_crop=ten_crop)
+    frozen = convert_variables_to_constants_v2(concrete)
+
+    def convert(ops):
+        converter = tf.lite.TFLiteConverter.from_concrete_functions([frozen])
+        converter.target_spec.supported_ops = ops
+        return converter.convert()
+
     try:
-        return converter.convert(), False
+        return convert([tf.lite.OpsSet.TFLITE_BUILTINS]), False
     except Exception as e:  # tf.lite's ConverterError and friends
         if not allow_select_tf_ops:
             raise ExportError(f"The network does not convert to TFLite builtin ops: {e}. "
                               "--select-tf-ops allows TensorFlow ops (the Flex delegate).") from e
-    converter = tf.lite.TFLiteConverter.from_concrete_functions([concrete], module)
-    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS, tf.lite.OpsSet.SELECT_TF_OPS]
-    return converter.convert(), True
+    return convert([tf.lite.OpsSet.TFLITE_BUILTINS, tf.lite.OpsSet.SELECT_TF_OPS]), True
+
+
+def tflite_interpreter(model, allocate=True):
+    """An interpreter for a TFLite model (bytes or a path), allocated unless ``allocate``
+    is False (before allocation its op list is the model's own, without the default
+    XNNPACK delegate's ``DELEGATE`` nodes): LiteRT's
+    (``ai_edge_litert``) when installed, else `tf.lite.Interpreter` (deprecated in
+    favour of LiteRT, still in TensorFlow 2.21; its warning is silenced)."""
+    import warnings
+
+    if isinstance(model, (str, os.PathLike)):
+        model = Path(model).read_bytes()
+    try:
+        from ai_edge_litert.interpreter import Interpreter
+    except ImportError:
+        import tensorflow as tf
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            interpreter = tf.lite.Interpreter(model_content=model)
+    else:
+        interpreter = Interpreter(model_content=model)
+    if allocate:
+        interpreter.allocate_tensors()
+    return interpreter
 
 
 def tflite_ops(model):
     """Sorted distinct op names of a TFLite model (bytes or a path), as the interpreter
-    reports them (``CONV_2D``, ``LOCAL_RESPONSE_NORMALIZATION``, ...; TensorFlow ops of
-    ``SELECT_TF_OPS`` appear as ``FlexXxx`` / ``DELEGATE``)."""
-    import tensorflow as tf
-
-    if isinstance(model, (str, os.PathLike)):
-        model = Path(model).read_bytes()
-    interpreter = tf.lite.Interpreter(model_content=model)
-    return sorted({op["op_name"] for op in interpreter._get_ops_details()})
+    reports them before any delegate is applied (``CONV_2D``,
+    ``LOCAL_RESPONSE_NORMALIZATION``, ...; TensorFlow ops of ``SELECT_TF_OPS`` appear as
+    ``FlexXxx``)."""
+    return sorted({op["op_name"] for op in tflite_interpreter(model, allocate=False)._get_ops_details()})
 
 
 def export_tflite(run, out, *, ten_crop=False, allow_select_tf_ops=False):
@@ -379,7 +408,7 @@ def main(argv=None):
                   "top5_ids, top5_names)")
         else:
             meta = export_tflite(run, out, ten_crop=args.ten_crop, allow_select_tf_ops=args.select_tf_ops)
-            print(f"Wrote {out}: uint8 {meta['inputs']['image']} -> probabilities; ops: "
+            print(f"Wrote {out}: {meta['inputs']['image']} -> probabilities; ops: "
                   f"{', '.join(meta['ops'])}{' (with SELECT_TF_OPS)' if meta['select_tf_ops'] else ''}")
     except (runs.RunError, ExportError, FileNotFoundError) as e:
         print(f"keras_alexnet.export: error: {e}", file=sys.stderr)

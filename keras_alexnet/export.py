@@ -118,6 +118,17 @@ def _crops(ten_crop):
     return "ten" if ten_crop else "center"
 
 
+def _weights_module(model):
+    """A `tf.Module` tracking only the model's weights. Neither the Keras model nor the
+    `tf.function` is attached: `tf.saved_model.save` would trace them again, outside
+    `portable_tracing` (the Keras model its own call, with its device strings)."""
+    import tensorflow as tf
+
+    module = tf.Module()
+    module.weights = [w.value for w in model.weights]  # the tf.Variables
+    return module
+
+
 def serving_module(run, *, ten_crop=False):
     """A `tf.Module` whose ``serve`` takes encoded image files and returns the run's
     predictions (see the module docstring), traced in `portable_tracing`.
@@ -146,8 +157,7 @@ def serving_module(run, *, ten_crop=False):
     names = run.display_names()
     k = min(TOP_K, len(names))
 
-    module = tf.Module()
-    module.model = model  # tracks the weights
+    module = _weights_module(model)
     module.class_names = tf.Variable(names, trainable=False, dtype=tf.string, name="class_names")
 
     def one_image(encoded):
@@ -161,7 +171,6 @@ def serving_module(run, *, ten_crop=False):
         return {"probabilities": probs, "top5_ids": top.indices,
                 "top5_names": tf.gather(module.class_names, top.indices)}
 
-    module.serve = serve
     with portable_tracing(model):
         concrete = serve.get_concrete_function()
     return module, concrete
@@ -188,15 +197,13 @@ def tflite_function(run, *, ten_crop=False, lrn_implementation="tf_nn"):
     predict = evaluation.make_predict_fn(model, crops)
     size = pre.resize_size
 
-    module = tf.Module()
-    module.model = model
+    module = _weights_module(model)
 
     @tf.function(input_signature=[tf.TensorSpec([1, size, size, 3], tf.uint8, name="image")])
     def classify(image):
         square = tf.cast(image[0], tf.float32)
         return {"probabilities": predict(view(square)[tf.newaxis])}
 
-    module.classify = classify
     with portable_tracing(model, lrn_implementation=lrn_implementation):
         concrete = classify.get_concrete_function()
     return module, concrete

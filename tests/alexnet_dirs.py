@@ -26,7 +26,7 @@ TORCH_STYLE = {"crop_size": CROP, "resize_size": RESIZE, "mean": "channel",
 
 
 def write_converted_dir(path, preprocessing, *, classes=1000, class_names=None,
-                        grouping="grouped", devices=None, seed=0):
+                        grouping="grouped", devices=None, seed=0, mean_image=None):
     """A converted-style model directory of a tiny AlexNet (random weights, He init
     and a 1/64 input scale, so that its softmax is far from uniform and its top-5 is
     stable to float round-off). 1000 classes: the ImageNet wnids."""
@@ -39,7 +39,7 @@ def write_converted_dir(path, preprocessing, *, classes=1000, class_names=None,
         weight_stddev="he", input_scale=1 / 64, lrn_alpha=2e-5, lrn_bias=1.0, seed=seed)
     return runs.write_model_dir(path, model, preprocessing=preprocessing,
                                 source={"format": "test", "variant": grouping},
-                                class_names=class_names)
+                                class_names=class_names, mean_image=mean_image)
 
 
 def train_tiny_run(path, cache):

@@ -16,3 +16,15 @@ from keras_alexnet.model import (
 )
 
 __version__ = "0.1.0"
+
+# keras.applications-style helpers (keras_alexnet.applications). Imported on first use:
+# they need keras_alexnet.runs, which imports the data pipeline, heavier than the model.
+_LAZY = {"preprocess_input": "applications", "decode_predictions": "applications"}
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(f"keras_alexnet.{_LAZY[name]}"), name)
+    raise AttributeError(f"module 'keras_alexnet' has no attribute {name!r}")

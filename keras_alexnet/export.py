@@ -295,13 +295,13 @@ def tflite_model(run, *, ten_crop=False, allow_select_tf_ops=False):
         ExportError: the builtins do not suffice and ``allow_select_tf_ops`` is False.
     """
     import tensorflow as tf
-    # Weights as constants: FULLY_CONNECTED with constant filters instead of VAR_HANDLE /
-    # READ_VARIABLE resource ops and BATCH_MATMUL. (The TF2 form of TF1's graph freezing;
-    # a TensorFlow internal module, stable since TF 2.2.)
-    from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
+
+    from keras_alexnet import keras_compat
 
     _, concrete = tflite_function(run, ten_crop=ten_crop)
-    frozen = convert_variables_to_constants_v2(concrete)
+    # Weights as constants: FULLY_CONNECTED with constant filters instead of VAR_HANDLE /
+    # READ_VARIABLE resource ops and BATCH_MATMUL.
+    frozen = keras_compat.freeze_variables(concrete)
 
     def convert(ops):
         converter = tf.lite.TFLiteConverter.from_concrete_functions([frozen])

@@ -33,6 +33,10 @@ starts with that file.
    ops through oneDNN (``tensorflow.python.util._pywrap_util_port.IsMklEnabled``). It
    is on by default only on CPUs with AVX-512 and newer; without it the grouped
    convolution of `GroupedConv2D` takes a per-group path.
+7. `freeze_variables` (a TensorFlow internal): a concrete function with its variables as
+   constants (``tensorflow.python.framework.convert_to_constants``, the TF2 form of graph
+   freezing, stable since TF 2.2), so the TFLite export (`keras_alexnet.export`) gets
+   FULLY_CONNECTED with constant filters instead of resource-variable ops.
 """
 
 import tensorflow as tf
@@ -129,3 +133,10 @@ def onednn_enabled():
     except ImportError:
         return False
     return bool(_pywrap_util_port.IsMklEnabled())
+
+
+def freeze_variables(concrete_function):
+    """``concrete_function`` with its variables folded into constants (item 7)."""
+    from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
+
+    return convert_variables_to_constants_v2(concrete_function)

@@ -123,3 +123,12 @@ def test_item6_grouped_convolution_is_the_same_function_with_and_without_onednn(
         monkeypatch.setattr(layers, "onednn_enabled", lambda p=path: p)
         np.testing.assert_allclose(tf.function(layer)(x).numpy(), expected, rtol=1e-5, atol=1e-5)
     assert isinstance(keras_compat.onednn_enabled(), bool)
+
+
+def test_item7_freezing_folds_variables_into_constants():
+    v = tf.Variable([[2.0]])
+    fn = tf.function(lambda x: tf.matmul(x, v)).get_concrete_function(tf.TensorSpec([1, 1]))
+    frozen = keras_compat.freeze_variables(fn)
+    ops = {op.type for op in frozen.graph.get_operations()}
+    assert "ReadVariableOp" not in ops and "Const" in ops
+    assert float(frozen(tf.constant([[3.0]]))[0][0][0]) == 6.0

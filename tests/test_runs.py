@@ -20,10 +20,10 @@ LAYERS = [
     {"model", "data"},
     {"stats"},
     {"runs"},
-    {"evaluation"},
+    {"evaluation", "applications"},
     {"visualize"},  # draws; training uses it for the curves at the end of every run
     {"training"},
-    {"notebook_utils", "__init__"},
+    {"notebook_utils", "__init__", "export", "convert"},
 ]
 
 

@@ -8,8 +8,10 @@ from keras_alexnet.layers import (
 )
 from keras_alexnet.metrics import TopKError
 from keras_alexnet.model import (
+    VARIANTS,
     AlexNet,
     AlexNetModel,
+    ChannelSlice,
     format_layer_table,
     layer_table,
     print_layer_table,

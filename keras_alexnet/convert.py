@@ -192,7 +192,7 @@ BLOB_NUM, BLOB_CHANNELS, BLOB_HEIGHT, BLOB_WIDTH = 1, 2, 3, 4
 BLOB_DATA, BLOB_DOUBLE_DATA, BLOB_SHAPE, SHAPE_DIM = 5, 8, 7, 1
 
 
-def _floats(chunks, where):
+def _floats(chunks):
     return np.concatenate(chunks) if chunks else np.zeros((0,), np.float32)
 
 
@@ -225,7 +225,7 @@ def parse_blob(buf, where):
                     dims.extend(_packed_varints(v, where) if w == LENGTH else [v])
         elif field in (BLOB_NUM, BLOB_CHANNELS, BLOB_HEIGHT, BLOB_WIDTH) and wire == VARINT:
             legacy[field] = value
-    data = _floats(chunks, where)
+    data = _floats(chunks)
     if dims is None:
         dims = [legacy.get(f, 0) for f in (BLOB_NUM, BLOB_CHANNELS, BLOB_HEIGHT, BLOB_WIDTH)]
         if data.size and int(np.prod(dims)) != data.size:
@@ -285,12 +285,9 @@ def read_caffemodel(path):
     except OSError as e:
         raise ConversionError(f"{where}: cannot read ({e.strerror}).") from None
     layers = {NET_LAYER: [], NET_LAYERS_V1: []}
-    try:
-        for field, wire, value, _ in iter_fields(data, where):
-            if field in layers and wire == LENGTH:
-                layers[field].append(value)
-    except ConversionError:
-        raise
+    for field, wire, value, _ in iter_fields(data, where):
+        if field in layers and wire == LENGTH:
+            layers[field].append(value)
     if layers[NET_LAYER] and layers[NET_LAYERS_V1]:
         raise ConversionError(f"{where}: holds both current and V1 layers; not a Caffe model.")
     if not (layers[NET_LAYER] or layers[NET_LAYERS_V1]):
@@ -621,7 +618,7 @@ def resolve_caffe_variant(layers, where, prototxt_layers=None, prototxt=None, va
     votes = {}
     if prototxt_layers is not None:
         votes[f"the prototxt {prototxt}"] = detect_variant(prototxt_layers)
-    votes[f"the caffemodel's layer list"] = detect_variant(layers) if layers is not None else None
+    votes["the caffemodel's layer list"] = detect_variant(layers) if layers is not None else None
     votes["--variant"] = variant
     known = {k: v for k, v in votes.items() if v is not None}
     if len(set(known.values())) > 1:
@@ -1123,11 +1120,23 @@ def load_weights_into(model, weights):
                 f"{model.variant!r}."
             )
         keras_weights = keras_weights_from_model(source)
-    elif suffix == ".caffemodel":
-        _, keras_weights = caffe_keras_weights(path, variant=model.variant if model.variant in CAFFE_VARIANTS else None)
-    elif suffix == ".npy":
-        keras_weights = npy_keras_weights(path)
+    elif suffix in (".caffemodel", ".npy"):
+        # The paper variant has the same shapes but another LRN: refuse, don't guess.
+        if model.variant not in CAFFE_VARIANTS:
+            raise ConversionError(
+                f"{where}: Caffe weights need variant 'bvlc_alexnet' or 'caffenet', the "
+                f"model is {model.variant!r}."
+            )
+        if suffix == ".npy":
+            keras_weights = npy_keras_weights(path)
+        else:
+            _, keras_weights = caffe_keras_weights(path, variant=model.variant)
     elif suffix in (".pth", ".pt"):
+        if model.variant != "torchvision":
+            raise ConversionError(
+                f"{where}: torchvision weights need variant 'torchvision', the model is "
+                f"{model.variant!r}."
+            )
         keras_weights = torchvision_keras_weights(path)
     else:
         raise ConversionError(f"{where}: unknown weights file type.")

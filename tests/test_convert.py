@@ -631,6 +631,10 @@ def test_failed_load_leaves_the_model_as_it_was(tmp_path):
         convert.load_weights_into(model, path)
     for a, b in zip(before, model.get_weights()):
         np.testing.assert_array_equal(a, b)
+    # Caffe's weights fit the paper's shapes but not its LRN: refused, not guessed.
+    good = small_caffemodel(tmp_path, "good.caffemodel")
+    with pytest.raises(ConversionError, match="variant 'bvlc_alexnet' or 'caffenet'"):
+        keras_alexnet.AlexNet(weights=str(good), variant="paper", classes=10, fc_units=8)
 
 
 # ---------------------------------------------------------------------------------------

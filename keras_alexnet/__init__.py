@@ -1,6 +1,7 @@
 """keras_alexnet: AlexNet (Krizhevsky, Sutskever & Hinton, NIPS 2012) in TensorFlow 2 / Keras 3."""
 
 from keras_alexnet.layers import (
+    ChannelSlice,
     GroupedConv2D,
     LocalResponseNormalization,
     OnDevice,
@@ -8,6 +9,7 @@ from keras_alexnet.layers import (
 )
 from keras_alexnet.metrics import TopKError
 from keras_alexnet.model import (
+    VARIANTS,
     AlexNet,
     AlexNetModel,
     format_layer_table,

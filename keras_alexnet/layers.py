@@ -487,3 +487,32 @@ class GroupedConv2D(keras.layers.Layer):
             }
         )
         return config
+
+
+@keras.saving.register_keras_serializable(package="keras_alexnet")
+class ChannelSlice(keras.layers.Layer):
+    """Channels ``[start, stop)`` of a channels-last tensor.
+
+    The tower layout of a Caffe variant uses it to hand each tower its share of an LRN
+    that normalised both towers' maps together (Caffe's LRN is not grouped).
+
+    Args:
+        start, stop: the channel range.
+        **kwargs: standard `keras.layers.Layer` arguments.
+    """
+
+    def __init__(self, start, stop, **kwargs):
+        super().__init__(**kwargs)
+        self.start = int(start)
+        self.stop = int(stop)
+
+    def call(self, inputs):
+        return inputs[..., self.start:self.stop]
+
+    def compute_output_shape(self, input_shape):
+        return tuple(input_shape[:-1]) + (self.stop - self.start,)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update({"start": self.start, "stop": self.stop})
+        return config

@@ -13,6 +13,10 @@ layouts compute on one device:
 
 Layer names follow the paper: conv1_a / conv1_b, lrn1_a, pool1_a, ..., fc6, fc7, fc8 for
 the towers, conv1, lrn1, pool1, ... for the one-device layouts.
+
+The published ImageNet AlexNets are variants of the same builder, ``AlexNet(variant=...)``
+(`VARIANTS`): Caffe's ``"bvlc_alexnet"`` and ``"caffenet"`` and torchvision's
+``"torchvision"``; `keras_alexnet.convert` reads their weight files into them.
 """
 
 import numpy as np
@@ -20,7 +24,7 @@ import keras
 import tensorflow as tf
 
 from keras_alexnet.keras_compat import TowerTrainStep, colocate_optimizer_slots
-from keras_alexnet.layers import GroupedConv2D, LocalResponseNormalization, OnDevice
+from keras_alexnet.layers import ChannelSlice, GroupedConv2D, LocalResponseNormalization, OnDevice
 
 # The paper's five conv layers (§3.5): (kernels, size, stride, padding, towers-only input).
 # "own_tower" means the layer sees only the maps of its own tower (Fig. 2).
@@ -68,7 +72,20 @@ class AlexNetModel(TowerTrainStep, keras.Model):
     `Conv2DBackpropFilter` runs on tower b's device), and `compile` makes the optimizer
     create each slot on its variable's device. Everything else is Keras' (loss, loss
     scaling for mixed precision, metrics).
+
+    ``variant`` names which AlexNet the graph is (`VARIANTS`: ``"paper"``,
+    ``"bvlc_alexnet"``, ``"caffenet"``, ``"torchvision"``); it is part of the saved
+    config, so it survives ``model.save`` and `keras.models.load_model`.
     """
+
+    def __init__(self, *args, variant="paper", **kwargs):
+        super().__init__(*args, **kwargs)
+        self.variant = variant
+
+    def get_config(self):
+        config = super().get_config()
+        config["variant"] = self.variant
+        return config
 
     def compile(self, optimizer="rmsprop", **kwargs):
         super().compile(optimizer=optimizer, **kwargs)
@@ -89,58 +106,136 @@ def _weight_stddev(weight_stddev, layer):
     return weight_stddev if weight_stddev == "he" else float(weight_stddev)
 
 
+# The published ImageNet AlexNets (REFERENCE.md, "Published trained AlexNets"): each
+# variant is a set of defaults for `AlexNet`'s arguments plus two structural facts that
+# are not arguments (where the LRN window may reach, and where dropout sits).
+# - "paper": §3.5 as above. Each tower normalises its own maps (the paper's GPUs).
+# - "bvlc_alexnet": Caffe's models/bvlc_alexnet/deploy.prototxt. conv->relu->norm->pool;
+#   `group: 2` in conv2, conv4, conv5; LRN local_size 5, alpha 1e-4, beta 0.75, k 1, and
+#   Caffe divides alpha by local_size: our alpha 2e-5, bias 1. Caffe's LRN layer is not
+#   grouped: it normalises across all maps of both towers. Initialisation of its
+#   train_val.prototxt: N(0, 0.01) (fc6, fc7: 0.005), biases 0.1 where the paper has 1.
+# - "caffenet": models/bvlc_reference_caffenet: the same with conv->relu->pool->norm.
+# - "torchvision": torchvision.models.alexnet ("one weird trick", Krizhevsky 2014):
+#   64/192/384/256/256 kernels, conv1 padded by 2 on 224x224 inputs, no LRN, no groups,
+#   Dropout -> fc6 -> ReLU -> Dropout -> fc7 -> ReLU -> fc8. Its AdaptiveAvgPool2d((6, 6))
+#   is the identity on the 6x6 pool5 of a 224 input; other sizes are refused with the top.
+#   Its initialisation (PyTorch's defaults) is not reproduced: the variant is for
+#   converted weights; from scratch it starts like the paper.
+VARIANTS = {
+    "paper": dict(
+        input_shape=(227, 227, 3), conv_filters=(96, 256, 384, 384, 256), conv1_padding=0,
+        grouping="towers", lrn=True, lrn_depth_radius=2, lrn_bias=2.0, lrn_alpha=1e-4,
+        lrn_beta=0.75, lrn_order="lrn_pool", weight_stddev=0.01, positive_bias=1.0,
+        lrn_across_towers=False, dropout_after=("fc6", "fc7"),
+    ),
+    "bvlc_alexnet": dict(
+        input_shape=(227, 227, 3), conv_filters=(96, 256, 384, 384, 256), conv1_padding=0,
+        grouping="towers", lrn=True, lrn_depth_radius=2, lrn_bias=1.0, lrn_alpha=2e-5,
+        lrn_beta=0.75, lrn_order="lrn_pool",
+        weight_stddev={"fc6": 0.005, "fc7": 0.005, "default": 0.01}, positive_bias=0.1,
+        lrn_across_towers=True, dropout_after=("fc6", "fc7"),
+    ),
+    "torchvision": dict(
+        input_shape=(224, 224, 3), conv_filters=(64, 192, 384, 256, 256), conv1_padding=2,
+        grouping="none", lrn=False, lrn_depth_radius=2, lrn_bias=2.0, lrn_alpha=1e-4,
+        lrn_beta=0.75, lrn_order="lrn_pool", weight_stddev=0.01, positive_bias=1.0,
+        lrn_across_towers=False, dropout_after=("pool5", "fc6"),
+    ),
+}
+VARIANTS["caffenet"] = dict(VARIANTS["bvlc_alexnet"], lrn_order="pool_lrn")
+LRN_ORDERS = ("lrn_pool", "pool_lrn")
+# torchvision's AdaptiveAvgPool2d((6, 6)) before fc6.
+TORCHVISION_POOL5 = 6
+
+
+def variant_defaults(variant):
+    """The argument defaults `AlexNet` uses for ``variant`` (a copy of `VARIANTS`)."""
+    if variant not in VARIANTS:
+        raise ValueError(f"variant must be one of {tuple(VARIANTS)}, got {variant!r}.")
+    return dict(VARIANTS[variant])
+
+
+def _resolve_variant(weights, variant):
+    """``variant``, or the variant the ``weights`` file or directory holds."""
+    if variant is None and weights is not None and not str(weights).endswith(".weights.h5"):
+        from keras_alexnet import convert  # lazy: convert imports this module
+
+        variant = convert.weights_variant(weights)
+    return "paper" if variant is None else variant
+
+
 def AlexNet(
     include_top=True,
     weights=None,
     input_tensor=None,
-    input_shape=(227, 227, 3),
+    input_shape=None,
     pooling=None,
     classes=1000,
     classifier_activation="softmax",
-    grouping="towers",
+    grouping=None,
     devices=None,
-    lrn_depth_radius=2,
-    lrn_bias=2.0,
-    lrn_alpha=1e-4,
-    lrn_beta=0.75,
-    lrn=True,
+    lrn_depth_radius=None,
+    lrn_bias=None,
+    lrn_alpha=None,
+    lrn_beta=None,
+    lrn=None,
     lrn_implementation="matmul",
-    weight_stddev=0.01,
-    positive_bias=1.0,
+    weight_stddev=None,
+    positive_bias=None,
     dropout=0.5,
     fc_units=4096,
     kernel_regularizer=None,
     input_scale=1.0,
     seed=None,
-    name="alexnet",
+    name=None,
+    variant=None,
+    lrn_order=None,
+    conv_filters=None,
+    conv1_padding=None,
 ):
-    """Builds the paper's AlexNet (NIPS 2012, §3.5 and Fig. 2) as a `keras.Model`.
+    """Builds the paper's AlexNet (NIPS 2012, §3.5 and Fig. 2), or one of the published
+    ImageNet AlexNets, as a `keras.Model`.
 
     Inputs are RGB crops in ``[0, 255]`` with the training mean subtracted (the paper's
     only preprocessing, §2); see `keras_alexnet.data`. The paper states 224x224 inputs,
     but 11x11 stride-4 kernels give its 55x55 conv1 maps only on 227x227 (as in Caffe's
-    bvlc_alexnet), so 227 is the default.
+    bvlc_alexnet), so 227 is the default. The other variants take their source's input
+    (``keras_alexnet.convert`` writes how to make it): Caffe's are 227x227 BGR minus the
+    mean, torchvision's 224x224 normalised RGB.
+
+    Arguments left at None take the variant's value (`VARIANTS`); an explicit value
+    overrides it.
 
     Args:
         include_top: whether to include fc6, fc7 and fc8 (with their dropout).
-        weights: only ``None`` (random initialisation) or the path of a weights file
-            (``.weights.h5``) saved from a model of the same layout. Nothing is
-            downloaded.
+        weights: None (random initialisation); the path of a ``.weights.h5`` file saved
+            from a model of the same layout; a directory written by
+            ``python -m keras_alexnet.convert`` (or its ``model.keras``); or a published
+            weights file that `keras_alexnet.convert` reads (``.caffemodel``, Guerzhoy's
+            ``.npy``, torchvision's ``.pth``). Nothing is downloaded.
         input_tensor: optional Keras tensor to use as the input.
-        input_shape: input shape, default ``(227, 227, 3)``. Smaller inputs work (e.g.
-            ``(67, 67, 3)`` for tests) as long as pool5 is at least 1x1.
+        input_shape: input shape; default ``(227, 227, 3)`` (``(224, 224, 3)`` for
+            ``variant="torchvision"``). Smaller inputs work (e.g. ``(67, 67, 3)`` for
+            tests) as long as pool5 is at least 1x1 (torchvision's top needs 6x6).
         pooling: with ``include_top=False``: None (pool5 maps), ``"avg"`` or ``"max"``.
         classes: number of classes of fc8. Default 1000.
         classifier_activation: activation of fc8, default ``"softmax"``; None for logits.
         grouping: ``"towers"`` (the paper: two towers of plain convs, one per device),
             ``"grouped"`` (the same function, grouped convs on one device) or ``"none"``
-            (one tower without groups).
+            (one tower without groups). Default: the variant's (``"towers"`` for the
+            paper and Caffe's nets, ``"none"`` for torchvision's, which
+            has no groups). Caffe's LRN normalises across both towers' maps: in the
+            Caffe variants' tower layout one LRN (``lrn1``) reads both towers
+            (``lrn1_input``) and hands each its half (``lrn1_a``, ``lrn1_b``).
         devices: with ``grouping="towers"``: two device names for towers a and b, e.g.
             ``("/GPU:0", "/GPU:1")``. Default `default_devices()`.
         lrn_depth_radius, lrn_bias, lrn_alpha, lrn_beta: local response normalisation
             (§3.3: n=5, k=2, alpha=1e-4, beta=0.75). Krizhevsky's 2012 code uses
-            ``lrn_alpha=2e-5``; Caffe's bvlc_alexnet ``lrn_alpha=2e-5, lrn_bias=1``.
-        lrn: False removes both LRN layers (the paper's ablation, §3.3).
+            ``lrn_alpha=2e-5``; Caffe's bvlc_alexnet ``lrn_alpha=2e-5, lrn_bias=1``
+            (the Caffe variants' defaults).
+        lrn: False removes both LRN layers (the paper's ablation, §3.3). Default: True,
+            False for torchvision's.
         lrn_implementation: ``"matmul"`` (default, the fast path) or ``"tf_nn"`` (the
             reference, `tf.nn.local_response_normalization`): the same function, see
             `LocalResponseNormalization`.
@@ -150,19 +245,52 @@ def AlexNet(
             draws N(0, 2 / fan_in) instead (He et al., 2015), a non-paper option.
         positive_bias: initial bias of conv2, conv4, conv5, fc6 and fc7 (§5: 1; Caffe's
             bvlc_alexnet uses 0.1). conv1, conv3 and fc8 biases start at 0.
-        dropout: dropout rate after fc6 and fc7 (§4.2: 0.5).
+        dropout: dropout rate of the two dropout layers (§4.2: 0.5), after fc6 and fc7
+            (``drop6``, ``drop7``); torchvision's come before fc6 and fc7 (``drop5``,
+            ``drop6``: ``dropN`` follows layer N).
         fc_units: width of fc6 and fc7 (4096 in the paper; smaller for tiny runs).
         kernel_regularizer: regulariser for every kernel (the recipe's weight decay).
         input_scale: the input is multiplied by this first (a ``Rescaling`` layer named
             ``input_scale``). 1 (no layer) is the paper: raw mean-subtracted pixels.
         seed: integer seed for the initial weights; None for a random draw.
-        name: model name.
+        name: model name. Default ``"alexnet"`` (``"alexnet_<variant>"`` for the
+            published variants).
+        variant: ``"paper"`` (the default, the network above), ``"bvlc_alexnet"``,
+            ``"caffenet"`` or ``"torchvision"`` (see `VARIANTS` and REFERENCE.md). With
+            ``weights`` given and no variant, the variant of the weights. Kept in the
+            model (``model.variant``) through save and load.
+        lrn_order: ``"lrn_pool"`` (conv -> ReLU -> LRN -> pool: the paper, bvlc_alexnet)
+            or ``"pool_lrn"`` (conv -> ReLU -> pool -> LRN: CaffeNet).
+        conv_filters: the five conv layers' kernel counts; default the variant's
+            (96, 256, 384, 384, 256; torchvision's 64, 192, 384, 256, 256).
+        conv1_padding: zeros added on each side before conv1 (a ``ZeroPadding2D`` named
+            ``pad1``); default 0 (torchvision's: 2).
 
     Returns:
         An `AlexNetModel` (a functional `keras.Model`).
     """
+    variant = _resolve_variant(weights, variant)
+    spec = variant_defaults(variant)
+    given = dict(
+        input_shape=input_shape, grouping=grouping, lrn=lrn, lrn_depth_radius=lrn_depth_radius,
+        lrn_bias=lrn_bias, lrn_alpha=lrn_alpha, lrn_beta=lrn_beta, lrn_order=lrn_order,
+        weight_stddev=weight_stddev, positive_bias=positive_bias, conv_filters=conv_filters,
+        conv1_padding=conv1_padding,
+    )
+    spec.update({k: v for k, v in given.items() if v is not None})
+    grouping, lrn, lrn_order = spec["grouping"], spec["lrn"], spec["lrn_order"]
+    weight_stddev, positive_bias = spec["weight_stddev"], spec["positive_bias"]
+    filters = tuple(int(f) for f in spec["conv_filters"])
+    if name is None:
+        name = "alexnet" if variant == "paper" else f"alexnet_{variant}"
     if grouping not in GROUPINGS:
         raise ValueError(f"grouping must be one of {GROUPINGS}, got {grouping!r}.")
+    if lrn_order not in LRN_ORDERS:
+        raise ValueError(f"lrn_order must be one of {LRN_ORDERS}, got {lrn_order!r}.")
+    if len(filters) != 5:
+        raise ValueError(f"conv_filters must give 5 kernel counts, got {filters}.")
+    if variant == "torchvision" and grouping != "none":
+        raise ValueError("torchvision's AlexNet has no groups: grouping must be 'none'.")
     if devices is None:
         devices = default_devices()
     devices = tuple(devices)
@@ -170,6 +298,11 @@ def AlexNet(
         raise ValueError(f"devices must name two devices (towers a and b), got {devices}.")
     towers = grouping == "towers"
     seeds = iter(range(1000)) if seed is None else iter(range(seed, seed + 1000))
+    conv_specs = {
+        layer: dict(s, filters=f) for (layer, s), f in zip(CONV_LAYERS.items(), filters)
+    }
+    # Each tower's (or group's) own maps: the paper; all maps: Caffe's (ungrouped) LRN.
+    lrn_groups = 1 if spec["lrn_across_towers"] or grouping == "none" else 2
 
     def kernel_init(layer):
         s = None if seed is None else next(seeds)
@@ -183,10 +316,10 @@ def AlexNet(
 
     def lrn_layer(name, groups=1):
         return LocalResponseNormalization(
-            depth_radius=lrn_depth_radius,
-            bias=lrn_bias,
-            alpha=lrn_alpha,
-            beta=lrn_beta,
+            depth_radius=spec["lrn_depth_radius"],
+            bias=spec["lrn_bias"],
+            alpha=spec["lrn_alpha"],
+            beta=spec["lrn_beta"],
             groups=groups,
             implementation=lrn_implementation,
             name=name,
@@ -195,29 +328,46 @@ def AlexNet(
     def pool_layer(name):
         return keras.layers.MaxPooling2D(pool_size=3, strides=2, name=name)
 
+    def after_conv(layer, suffix="", groups=1):
+        """The layers after a conv's ReLU: LRN and pooling, in the variant's order."""
+        n = layer[-1]
+        ops = []
+        if lrn and layer in LRN_AFTER:
+            ops.append(lrn_layer(f"lrn{n}{suffix}", groups=groups))
+        if layer in POOL_AFTER:
+            pool = pool_layer(f"{POOL_AFTER[layer]}{suffix}")
+            ops.insert(0 if lrn_order == "pool_lrn" else len(ops), pool)
+        return ops
+
     if input_tensor is None:
-        inputs = keras.Input(shape=input_shape, name="image")
+        inputs = keras.Input(shape=spec["input_shape"], name="image")
     else:
         inputs = input_tensor
 
     first = inputs
     if input_scale != 1.0:
         first = keras.layers.Rescaling(input_scale, name="input_scale")(inputs)
+    if spec["conv1_padding"]:
+        first = keras.layers.ZeroPadding2D(spec["conv1_padding"], name="pad1")(first)
 
     if towers:
         x_a, x_b = first, first
-        for layer, spec in CONV_LAYERS.items():
-            if not spec["own_tower"]:
+        for layer, cspec in conv_specs.items():
+            if not cspec["own_tower"]:
                 both = keras.layers.Concatenate(name=f"{layer}_input")([x_a, x_b])
                 x_a, x_b = both, both
+            # Caffe's LRN (not grouped) needs both towers' maps: it runs on them
+            # together (lrn1_input -> lrn1) and each tower takes its half back (lrn1_a).
+            cross = spec["lrn_across_towers"] and lrn and layer in LRN_AFTER
+            pool_first = lrn_order == "pool_lrn" and layer in POOL_AFTER
             outs = []
             for tower, x, device in (("a", x_a, devices[0]), ("b", x_b, devices[1])):
                 ops = [
                     keras.layers.Conv2D(
-                        spec["filters"] // 2,
-                        spec["size"],
-                        strides=spec["stride"],
-                        padding=spec["padding"],
+                        cspec["filters"] // 2,
+                        cspec["size"],
+                        strides=cspec["stride"],
+                        padding=cspec["padding"],
                         activation="relu",
                         kernel_initializer=kernel_init(layer),
                         bias_initializer=bias_init(layer),
@@ -225,23 +375,31 @@ def AlexNet(
                         name=f"{layer}_{tower}",
                     )
                 ]
-                n = layer[-1]
-                if lrn and layer in LRN_AFTER:
-                    ops.append(lrn_layer(f"lrn{n}_{tower}"))
-                if layer in POOL_AFTER:
+                if not cross:
+                    ops += after_conv(layer, suffix=f"_{tower}")
+                elif pool_first:
                     ops.append(pool_layer(f"{POOL_AFTER[layer]}_{tower}"))
                 for op in ops:
                     x = OnDevice(op, device=device)(x)
                 outs.append(x)
             x_a, x_b = outs
+            if cross:
+                n, half = layer[-1], cspec["filters"] // 2
+                both = keras.layers.Concatenate(name=f"lrn{n}_input")([x_a, x_b])
+                both = lrn_layer(f"lrn{n}")(both)
+                x_a = ChannelSlice(0, half, name=f"lrn{n}_a")(both)
+                x_b = ChannelSlice(half, 2 * half, name=f"lrn{n}_b")(both)
+                if layer in POOL_AFTER and not pool_first:
+                    x_a = OnDevice(pool_layer(f"{POOL_AFTER[layer]}_a"), device=devices[0])(x_a)
+                    x_b = OnDevice(pool_layer(f"{POOL_AFTER[layer]}_b"), device=devices[1])(x_b)
         x = keras.layers.Concatenate(name="pool5")([x_a, x_b])
     else:
         x = first
-        for layer, spec in CONV_LAYERS.items():
-            groups = 2 if grouping == "grouped" and spec["own_tower"] and layer != "conv1" else 1
+        for layer, cspec in conv_specs.items():
+            groups = 2 if grouping == "grouped" and cspec["own_tower"] and layer != "conv1" else 1
             common = dict(
-                strides=spec["stride"],
-                padding=spec["padding"],
+                strides=cspec["stride"],
+                padding=cspec["padding"],
                 activation="relu",
                 kernel_initializer=kernel_init(layer),
                 bias_initializer=bias_init(layer),
@@ -249,19 +407,24 @@ def AlexNet(
                 name=layer,
             )
             if groups > 1:
-                x = GroupedConv2D(spec["filters"], spec["size"], groups=groups, **common)(x)
+                x = GroupedConv2D(cspec["filters"], cspec["size"], groups=groups, **common)(x)
             else:
-                x = keras.layers.Conv2D(spec["filters"], spec["size"], **common)(x)
-            n = layer[-1]
-            if lrn and layer in LRN_AFTER:
-                # In the paper each GPU normalises its own 48 (128) maps: the grouped
-                # layout normalises within each half, the one-tower layout across all.
-                x = lrn_layer(f"lrn{n}", groups=2 if grouping == "grouped" else 1)(x)
-            if layer in POOL_AFTER:
-                x = pool_layer(POOL_AFTER[layer])(x)
+                x = keras.layers.Conv2D(cspec["filters"], cspec["size"], **common)(x)
+            # In the paper each GPU normalises its own 48 (128) maps: the grouped layout
+            # normalises within each half, the one-tower layout (and Caffe) across all.
+            for op in after_conv(layer, groups=lrn_groups):
+                x = op(x)
 
     if include_top:
+        if variant == "torchvision" and tuple(x.shape[1:3]) != (TORCHVISION_POOL5,) * 2:
+            raise ValueError(
+                "torchvision's AlexNet average-pools pool5 to 6x6 (AdaptiveAvgPool2d), the "
+                f"identity only when pool5 is 6x6 (224x224 inputs); pool5 here is "
+                f"{tuple(x.shape[1:3])}. Use a 224x224 input or include_top=False."
+            )
         x = keras.layers.Flatten(name="flatten")(x)
+        if "pool5" in spec["dropout_after"]:
+            x = keras.layers.Dropout(dropout, name="drop5")(x)
         for layer in ("fc6", "fc7"):
             x = keras.layers.Dense(
                 fc_units,
@@ -271,7 +434,8 @@ def AlexNet(
                 kernel_regularizer=kernel_regularizer,
                 name=layer,
             )(x)
-            x = keras.layers.Dropout(dropout, name=f"drop{layer[-1]}")(x)
+            if layer in spec["dropout_after"]:
+                x = keras.layers.Dropout(dropout, name=f"drop{layer[-1]}")(x)
         x = keras.layers.Dense(
             classes,
             kernel_initializer=kernel_init("fc8"),
@@ -289,9 +453,14 @@ def AlexNet(
     elif pooling == "max":
         x = keras.layers.GlobalMaxPooling2D(name="max_pool")(x)
 
-    model = AlexNetModel(inputs, x, name=name)
+    model = AlexNetModel(inputs, x, name=name, variant=variant)
     if weights is not None:
-        model.load_weights(weights)
+        if str(weights).endswith(".weights.h5"):
+            model.load_weights(weights)
+        else:
+            from keras_alexnet import convert
+
+            convert.load_weights_into(model, weights)
     return model
 
 

@@ -887,9 +887,10 @@ def write_model_dir(out_dir, model, *, preprocessing, source, mean_image=None, c
     out_dir = Path(out_dir)
     if out_dir.exists() and any(out_dir.iterdir()):
         raise RunError(f"{out_dir} exists and is not empty; choose another --out.")
-    names = list(class_names or imagenet.imagenet_class_names())
+    names = [str(n) for n in (class_names or imagenet.imagenet_class_names())]
+    standard = tuple(names) == tuple(imagenet.imagenet_class_names())
     config = {"kind": "converted", "num_classes": len(names), "class_names": names,
-              "class_index": "imagenet" if class_names is None else "compact",
+              "class_index": "imagenet" if standard else "compact",
               "preprocessing": preprocessing, "source": source, "versions": versions()}
     tmp = out_dir.with_name(f".tmp-{out_dir.name}")
     shutil.rmtree(tmp, ignore_errors=True)

@@ -14,12 +14,10 @@ import warnings
 from pathlib import Path
 
 import keras
-import numpy as np
 import tensorflow as tf
 
 from keras_alexnet import data as data_lib
 from keras_alexnet import keras_compat
-from keras_alexnet import recipes
 from keras_alexnet import runs
 from keras_alexnet import stats as stats_lib
 from keras_alexnet.metrics import TopKError, error_metrics  # noqa: F401 (re-exported)

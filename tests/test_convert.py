@@ -489,6 +489,39 @@ def test_model_directory_contract(tmp_path_factory):
     np.testing.assert_array_equal(also.get_layer("fc6").kernel, reference.get_layer("fc6").kernel)
 
 
+def test_a_converted_directory_evaluates_and_draws_every_figure(tmp_path, shared_data, capsys):
+    """evaluate.py (centre and ten crops, --predict) and the figure command open a
+    converted directory as they open a run: its own preprocessing, ImageNet classes."""
+    import shutil
+    import sys
+
+    from keras_alexnet import visualize
+
+    path = small_caffemodel(tmp_path, shapes=SMALL_1000, variant="caffenet")
+    out = tmp_path / "caffenet"
+    assert convert.main(["--from", "caffe", "--weights", str(path), "--out", str(out)]) == 0
+    sample = shared_data / "imagenet-sample" / "val"
+    for wnid in sorted(p.name for p in sample.iterdir())[:3]:
+        shutil.copytree(sample / wnid, tmp_path / "data" / "val" / wnid)
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    import evaluate as cli
+
+    for extra in ([], ["--ten-crop"]):
+        results = tmp_path / "r.json"
+        assert cli.main(["--top5", "--checkpoint", str(out), "--data-dir", str(tmp_path / "data"),
+                         "--results-file", str(results), "--quiet", *extra]) == 0
+        r = json.loads(results.read_text())
+        assert r["images"] == 3 and r["num_classes"] == 1000 and r["class_index"] == "imagenet"
+        assert r["preprocessing"]["channel_order"] == "BGR" and r["preprocessing"]["mean"] == "channel"
+        assert r["crops_per_image"] == (10 if extra else 1)
+    assert cli.main(["--checkpoint", str(out), "--predict", str(tmp_path / "data" / "val")]) == 0
+    assert "(n0" in capsys.readouterr().out  # ImageNet names with their wnids
+    written = visualize.main(["--run", str(out), "--images", str(tmp_path / "data" / "val"),
+                              "--neighbours-from", str(tmp_path / "data" / "val"), "--k", "2"])
+    no_run_figures = {"conv1_filters_change.png", "training_curves.png"}  # no recipe, no metrics
+    assert [p.name for p in written] == [f for f in visualize.FIGURES if f not in no_run_figures]
+
+
 # ---------------------------------------------------------------------------------------
 # Guerzhoy's npy.
 

@@ -12,6 +12,10 @@ import tensorflow as tf
 
 from keras_alexnet.keras_compat import call_has_training_arg, onednn_enabled
 
+# The paper's eight layers with weights (§3.5): every layer name of `keras_alexnet.AlexNet`
+# starts with one of these (conv1_a, lrn1, fc6, ...), as do weight files and figures.
+PAPER_LAYERS = ("conv1", "conv2", "conv3", "conv4", "conv5", "fc6", "fc7", "fc8")
+
 # ImageNet RGB PCA from fb.resnet.torch, on pixels scaled to [0, 1] (REFERENCE.md, "Data").
 # Eigenvectors are the columns. Multiplied by 255 these are the Caffe-era values
 # [55.46, 4.794, 1.148] used on [0, 255] pixels.

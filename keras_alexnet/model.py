@@ -24,7 +24,7 @@ import keras
 import tensorflow as tf
 
 from keras_alexnet.keras_compat import TowerTrainStep, colocate_optimizer_slots
-from keras_alexnet.layers import ChannelSlice, GroupedConv2D, LocalResponseNormalization, OnDevice
+from keras_alexnet.layers import PAPER_LAYERS, ChannelSlice, GroupedConv2D, LocalResponseNormalization, OnDevice
 
 # The paper's five conv layers (§3.5): (kernels, size, stride, padding, towers-only input).
 # "own_tower" means the layer sees only the maps of its own tower (Fig. 2).
@@ -44,7 +44,6 @@ POOL_AFTER = {"conv1": "pool1", "conv2": "pool2", "conv5": "pool5"}
 # remaining layers with the constant 0." (Popular summaries that say "all biases 0" are
 # wrong.)
 POSITIVE_BIAS_LAYERS = ("conv2", "conv4", "conv5", "fc6", "fc7")
-PAPER_LAYERS = ("conv1", "conv2", "conv3", "conv4", "conv5", "fc6", "fc7", "fc8")
 GROUPINGS = ("towers", "grouped", "none")
 
 
@@ -159,9 +158,9 @@ def variant_defaults(variant):
 def _resolve_variant(weights, variant):
     """``variant``, or the variant the ``weights`` file or directory holds."""
     if variant is None and weights is not None and not str(weights).endswith(".weights.h5"):
-        from keras_alexnet import convert  # lazy: convert imports this module
+        from keras_alexnet import weight_files
 
-        variant = convert.weights_variant(weights)
+        variant = weight_files.weights_variant(weights)
     return "paper" if variant is None else variant
 
 
@@ -458,9 +457,9 @@ def AlexNet(
         if str(weights).endswith(".weights.h5"):
             model.load_weights(weights)
         else:
-            from keras_alexnet import convert
+            from keras_alexnet import weight_files
 
-            convert.load_weights_into(model, weights)
+            weight_files.load_weights_into(model, weights)
     return model
 
 

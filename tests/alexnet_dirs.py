@@ -4,12 +4,8 @@
   ``keras_alexnet.convert``), with `keras_alexnet.runs.write_model_dir`, from a tiny
   random AlexNet: the published networks' preprocessing variants (Caffe's BGR and
   channel mean; torchvision's RGB, mean and std).
-- `train_tiny_run`: a real run of ``train.py`` on the built-in synthetic data.
 """
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -40,14 +36,3 @@ def write_converted_dir(path, preprocessing, *, classes=1000, class_names=None,
     return runs.write_model_dir(path, model, preprocessing=preprocessing,
                                 source={"format": "test", "variant": grouping},
                                 class_names=class_names, mean_image=mean_image)
-
-
-def train_tiny_run(path, cache):
-    """``python train.py`` for 1 epoch of 2 steps on the built-in synthetic data
-    (the tiny preset: 99x99 crops of 112x112 squares, mean image, 8 classes)."""
-    env = dict(os.environ, KERAS_ALEXNET_CACHE=str(cache), TF_CPP_MIN_LOG_LEVEL="2",
-               PYTHONPATH=str(REPO))
-    subprocess.run([sys.executable, "train.py", "--epochs", "1", "--max-steps-per-epoch", "2",
-                    "--output-dir", str(path), "--quiet"],
-                   cwd=REPO, env=env, check=True, capture_output=True)
-    return Path(path)

@@ -83,14 +83,14 @@ def photos(shared_data):
 
 
 @pytest.fixture(scope="module")
-def exported(tmp_path_factory, photos):
+def exported(tmp_path_factory, photos, tiny_run):
     """Run and model directories, their SavedModels, evaluate.py's predictions and what an
     isolated process serving the SavedModels returns."""
     from keras_alexnet import export
 
     root = tmp_path_factory.mktemp("export")
     dirs = {
-        "trained": alexnet_dirs.train_tiny_run(root / "run", root / "cache"),
+        "trained": tiny_run,  # the session's real train.py-style run (conftest)
         "caffe": alexnet_dirs.write_converted_dir(root / "caffe", alexnet_dirs.CAFFE_STYLE),
         "torch": alexnet_dirs.write_converted_dir(
             root / "torch", alexnet_dirs.TORCH_STYLE, classes=10,

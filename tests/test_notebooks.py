@@ -135,6 +135,29 @@ def test_notebook_runs_on_a_tiny_run(name, tiny_run, tmp_path):
     assert any("image/png" in o.get("data", {}) for c in code_cells(nb) for o in c.outputs)
 
 
+@pytest.fixture(scope="module")
+def converted_dir(tmp_path_factory):
+    """A model directory as keras_alexnet.convert writes it (Caffe's BGR input and channel
+    mean, the 1000 ImageNet classes), of a tiny random AlexNet."""
+    from alexnet_dirs import CAFFE_STYLE, write_converted_dir
+
+    return write_converted_dir(tmp_path_factory.mktemp("converted") / "caffenet", CAFFE_STYLE)
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_notebook_runs_on_a_converted_model_directory(name, converted_dir, tmp_path):
+    out = tmp_path / "figures"
+    nb = execute(NOTEBOOKS / name, kernel_env(KERAS_ALEXNET_RUN=converted_dir, KERAS_ALEXNET_OUT=out))
+    printed = stdout_of(nb)
+    assert f"run: {converted_dir}" in printed and "converted from" in printed
+    if name == "04_training_curves.ipynb":  # a converted model has no training curves
+        assert "no metrics.csv" in printed
+        return
+    for figure in EXPECTED[name]:
+        assert_figure(out / figure)
+    assert "mean: channel" in printed  # the model's own preprocessing, from its config.json
+
+
 @pytest.mark.e2e
 def test_notebook_without_a_run_trains_the_default(tmp_path):
     # A fresh cache, so the default run is trained here; the synthetic dataset itself is

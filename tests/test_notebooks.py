@@ -30,7 +30,7 @@ EXPECTED = {
 # A line each notebook prints: the computed reading its markdown points to.
 READINGS = {
     "01_first_layer_filters.ipynb": r"tower a mean specificity \d\.\d{3} vs tower b \d\.\d{3}; random init gives 0\.667",
-    "02_activations.ipynb": r"conv5_b +5x5x128 +\d",
+    "02_activations.ipynb": r"conv5_b +\d+x\d+x128 +\d",
     "03_predictions_and_neighbours.ipynb": r"neighbours of the query's class: fc7 [\d.]+%, pixels [\d.]+%, chance 12\.5%",
     "04_training_curves.ipynb": r"2 epochs; best validation top-1 error",
 }
@@ -192,7 +192,7 @@ def test_open_run_has_the_runs_preprocessing(tiny_run):
     x = np.full((1, run.crop, run.crop, 3), 100.0, np.float32)
     np.testing.assert_allclose(run.preprocess(x)[0], 100.0 - mean[top : top + run.crop, top : top + run.crop])
     val = run.files("val")
-    assert len(val) == 8 * 40 and run.label(val[0]) == 0 and run.label(val[-1]) == 7
+    assert len(val) == 8 * synthetic.VAL_PER_CLASS and run.label(val[0]) == 0 and run.label(val[-1]) == 7
     assert run.label(Path("elsewhere/n01440764/x.JPEG")) == -1
     assert run.load(val[:2]).shape == (2, run.crop, run.crop, 3)
     shown = notebook_utils.image_files(run, "val", 8)

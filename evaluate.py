@@ -16,6 +16,7 @@ paths or data.
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -51,6 +52,8 @@ def parse_args(argv=None):
     s.add_argument("--unsafe-load", action="store_true",
                    help="allow a model file that runs code when loaded (Lambda layers); only for files you trust")
     s.add_argument("--quiet", action="store_true", help="no progress bar")
+    s.add_argument("--verbose", action="store_true",
+                   help="show TensorFlow's C++ start-up logs (hidden unless TF_CPP_MIN_LOG_LEVEL is set)")
     args = p.parse_args(argv)
 
     if not args.data_dir and not args.predict:
@@ -74,6 +77,8 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
+    if args.verbose:  # read when the package first imports TensorFlow (keras_alexnet/console.py)
+        os.environ["KERAS_ALEXNET_VERBOSE"] = "1"
 
     # Heavy imports only after the flags are known to be good.
     from keras_alexnet import data, evaluation, runs

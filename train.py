@@ -10,6 +10,7 @@ Run the same command again to resume a killed run. See README.md for every flag.
 """
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -97,6 +98,8 @@ def parse_args(argv=None):
     s.add_argument("--strategy", choices=("auto", "default", "mirrored", "multi-worker"), default="auto")
     s.add_argument("--max-steps-per-epoch", type=positive_int, help="cap steps per epoch (smoke runs)")
     s.add_argument("--quiet", action="store_true", help="no progress bars")
+    s.add_argument("--verbose", action="store_true",
+                   help="show TensorFlow's C++ start-up logs (hidden unless TF_CPP_MIN_LOG_LEVEL is set)")
     args = p.parse_args(argv)
 
     if args.tfds and not args.data_dir:
@@ -114,6 +117,8 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args, parser = parse_args(argv)
+    if args.verbose:  # read when the package first imports TensorFlow (keras_alexnet/console.py)
+        os.environ["KERAS_ALEXNET_VERBOSE"] = "1"
     builtin = not args.data_dir and not args.tfds
     preset = args.preset or ("tiny" if builtin else "paper")
     output_dir = args.output_dir or f"runs/{'default' if builtin else preset}"

@@ -1,5 +1,11 @@
 """keras_alexnet: AlexNet (Krizhevsky, Sutskever & Hinton, NIPS 2012) in TensorFlow 2 / Keras 3."""
 
+from keras_alexnet import console as _console
+
+# Every entry point (train.py, evaluate.py, `python -m keras_alexnet.X`, the notebooks)
+# imports TensorFlow through this file: hide its start-up noise here, before that import.
+_console.quiet_tensorflow()
+
 from keras_alexnet.layers import (
     ChannelSlice,
     GroupedConv2D,

@@ -16,7 +16,12 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
 CLASSES = ("disc", "square", "triangle", "ring", "cross", "stripes", "star", "checker")
-VERSION = 1
+VERSION = 2  # 2: shapes always stand out from their background (MIN_CONTRAST)
+BACKGROUND_SPREAD = 40  # version 1: every 4x4 cell uniform in 40..215 (a colourful clutter)
+MIN_CONTRAST = 150  # |shape colour - background mean under it|, summed over R, G, B
+# The built-in dataset (v1: 150 + 40 per class at 96 px): drawn at the tiny preset's
+# resize size, an epoch of 200 steps at its batch size of 16.
+TRAIN_PER_CLASS, VAL_PER_CLASS, SIZE = 400, 50, 76
 
 
 def _polygon(cx, cy, r, n, angle, star=False):
@@ -29,16 +34,27 @@ def _polygon(cx, cy, r, n, angle, star=False):
     return points
 
 
-def draw_image(label, rng, size=96):
+def draw_image(label, rng, size=SIZE):
     """Draws one image of class ``CLASSES[label]`` as an RGB `PIL.Image`."""
-    # A smooth random background: low-resolution noise scaled up, plus pixel noise.
-    low = rng.uniform(40, 215, size=(4, 4, 3)).astype(np.uint8)
+    # A smooth random background: a random colour with low-resolution variations of up
+    # to +-BACKGROUND_SPREAD per channel, scaled up, plus pixel noise.
+    base = rng.uniform(40, 215, size=3)
+    low = np.clip(base + rng.uniform(-BACKGROUND_SPREAD, BACKGROUND_SPREAD, (4, 4, 3)), 0, 255).astype(np.uint8)
     background = Image.fromarray(low).resize((size, size), Image.BICUBIC)
     image = background.copy()
     draw = ImageDraw.Draw(image)
-    colour = tuple(int(c) for c in rng.integers(0, 256, 3))
     r = rng.uniform(0.2, 0.4) * size
     cx, cy = rng.uniform(r, size - r, 2)
+    # A colour that stands out from the background under the shape: at least
+    # MIN_CONTRAST apart (sum over R, G, B) from the background's mean there.
+    x0, x1 = int(max(0, cx - r)), int(min(size, cx + r)) + 1
+    y0, y1 = int(max(0, cy - r)), int(min(size, cy + r)) + 1
+    under = np.asarray(background, dtype=np.float32)[y0:y1, x0:x1].reshape(-1, 3).mean(0)
+    for _ in range(20):
+        colour = rng.integers(0, 256, 3)
+        if np.abs(colour - under).sum() >= MIN_CONTRAST:
+            break
+    colour = tuple(int(c) for c in colour)
     angle = rng.uniform(0, 2 * math.pi)
     name = CLASSES[label]
     w = max(2, int(r * 0.35))
@@ -75,7 +91,7 @@ def draw_image(label, rng, size=96):
     return Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8))
 
 
-def make_dataset(root, num_classes=8, train_per_class=150, val_per_class=40, size=96, seed=0):
+def make_dataset(root, num_classes=8, train_per_class=TRAIN_PER_CLASS, val_per_class=VAL_PER_CLASS, size=SIZE, seed=0):
     """Writes the synthetic dataset to ``root`` (once) and returns ``root``.
 
     A ``manifest.json`` records the arguments; an existing folder made with the same

@@ -23,7 +23,7 @@ import tensorflow as tf
 from PIL import Image
 
 import keras_alexnet
-from keras_alexnet import data, evaluation, imagenet, runs
+from keras_alexnet import data, evaluation, imagenet, recipes, runs
 from keras_alexnet.model import outputs_probabilities
 from keras_alexnet import stats as stats_lib
 
@@ -586,7 +586,9 @@ def test_train_then_evaluate_and_predict(tmp_path):
         assert r["images"] == listed and r["skipped"] == 0 and r["num_classes"] == 8
         assert r["crops"] == crops and r["crops_per_image"] == {"center": 1, "ten": 10}[crops]
         assert r["checkpoint"] == str(run / "best.keras")
-        assert r["preprocessing"]["crop_size"] == 99 and r["preprocessing"]["resize_size"] == 112
+        tiny = recipes.preset("tiny")  # the built-in default's preprocessing
+        assert r["preprocessing"]["crop_size"] == tiny.crop_size
+        assert r["preprocessing"]["resize_size"] == tiny.resize_size
         assert r["preprocessing"]["stats"] == str(run / "stats.npz")
         for k in (1, 5):
             assert 0.0 <= r[f"top{k}_error"] <= 1.0

@@ -30,7 +30,7 @@ EXPECTED = {
 # A line each notebook prints: the computed reading its markdown points to.
 READINGS = {
     "01_first_layer_filters.ipynb": r"tower a mean specificity \d\.\d{3} vs tower b \d\.\d{3}; random init gives 0\.667",
-    "02_activations.ipynb": r"conv5_b +5x5x128 +\d",
+    "02_activations.ipynb": r"conv5_b +\d+x\d+x128 +\d",
     "03_predictions_and_neighbours.ipynb": r"neighbours of the query's class: fc7 [\d.]+%, pixels [\d.]+%, chance 12\.5%",
     "04_training_curves.ipynb": r"2 epochs; best validation top-1 error",
 }

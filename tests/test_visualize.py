@@ -365,7 +365,9 @@ def test_command_writes_every_figure(tiny_run, tiny_data, tmp_path, capsys):
     for name in viz.FIGURES:
         assert f"wrote {out / name}" in printed
         assert float(matplotlib.image.imread(out / name)[..., :3].std()) > 0.02
-    assert f"preprocessing: {tiny_run / 'config.json'}; shorter side 112, centre crop 99, mean image" in printed
+    recipe = runs.open_run(tiny_run).recipe
+    assert (f"preprocessing: {tiny_run / 'config.json'}; shorter side {recipe.resize_size}, centre crop "
+            f"{recipe.crop_size}, mean image") in printed
     assert "neighbours among 10 images" in printed
 
 

@@ -1,0 +1,129 @@
+"""A quiet console: TensorFlow's start-up noise hidden, real errors kept.
+
+TensorFlow 2.21 prints a dozen lines at import and device start-up on a CPU-only machine
+(``Could not find cuda drivers``, ``E0000 ... failed call to cuInit``, ``oneDNN custom
+operations are on``, ``All log messages before absl::InitializeLog() ...``). Many of them
+are written by C++ code before absl logging is initialised, so ``TF_CPP_MIN_LOG_LEVEL=3``
+does not hide them (seen with TF 2.21). `quiet_tensorflow` therefore points file
+descriptor 2 at a temporary file while TensorFlow is imported and lists its devices, then
+restores it and replays every captured line that is not known noise. If the import
+raises, everything captured is replayed and the exception propagates, so a real error
+(a missing library, a broken install) still reaches the user.
+
+It must run before anything imports TensorFlow, and every entry point of the project
+(``train.py``, ``evaluate.py``, ``python -m keras_alexnet.stats`` / ``.visualize``, the
+notebooks) imports TensorFlow through the package: ``keras_alexnet/__init__.py`` calls it
+first thing. (With ``python -m keras_alexnet.X`` Python runs the package's ``__init__``
+before ``X``, so a call in ``X``'s ``main()`` would come too late; a lazy ``__init__``
+would no longer register the custom layers that `keras.models.load_model` needs.)
+
+It hides nothing when ``TF_CPP_MIN_LOG_LEVEL`` is set by the user (their choice wins) or
+when ``KERAS_ALEXNET_VERBOSE`` is set to anything but ``0`` or empty (``train.py
+--verbose`` and ``evaluate.py --verbose`` set it, before importing the package). Otherwise it sets
+``TF_CPP_MIN_LOG_LEVEL=2`` for the rest of the process (TensorFlow's info and warning
+logs hidden, errors kept). It does not set ``TF_ENABLE_ONEDNN_OPTS``: oneDNN
+stays on (the grouped-convolution gradient needs it, see PERF_NOTES); only its
+message is dropped.
+"""
+
+import os
+import re
+import sys
+import tempfile
+
+VERBOSE_ENV = "KERAS_ALEXNET_VERBOSE"
+# Set by `quiet_tensorflow` next to its own TF_CPP_MIN_LOG_LEVEL, so that a child
+# process (which inherits both) still knows the level was not the user's choice.
+_OWN_LEVEL_MARK = "KERAS_ALEXNET_DEFAULT_TF_LOG_LEVEL"
+
+# Lines TensorFlow / XLA print at start-up on machines without a GPU (or without
+# TensorRT); a captured line matching one of these is dropped.
+NOISE = (
+    r"All log messages before absl::InitializeLog\(\) is called are written to STDERR",
+    r"cudart_stub\.cc",
+    r"Could not find cuda drivers",
+    r"cuda_platform\.cc",
+    r"failed call to cuInit",
+    r"cuda_diagnostics\.cc",
+    r"cuda_executor\.cc",
+    r"cuda_dnn\.cc|cuda_fft\.cc|cuda_blas\.cc",
+    r"Unable to register cu(DNN|FFT|BLAS) factory",
+    r"computation placer already registered",
+    r"TF-TRT Warning",
+    r"oneDNN custom operations are on",
+    r"TF_ENABLE_ONEDNN_OPTS",
+    r"cpu_feature_guard\.cc",
+    r"This TensorFlow binary is optimized to use available CPU instructions",
+    r"To enable the following instructions: .* rebuild TensorFlow",
+    r"^\s*$",
+)
+_NOISE_RE = re.compile("|".join(f"(?:{p})" for p in NOISE))
+
+
+def is_noise(line):
+    """Whether ``line`` is one of TensorFlow's known start-up messages (see `NOISE`)."""
+    return bool(_NOISE_RE.search(line))
+
+
+def user_chose_log_level(environ=None):
+    """Whether ``TF_CPP_MIN_LOG_LEVEL`` was set by the user (not by this module)."""
+    environ = os.environ if environ is None else environ
+    return "TF_CPP_MIN_LOG_LEVEL" in environ and _OWN_LEVEL_MARK not in environ
+
+
+def verbose_requested(environ=None):
+    """Whether ``KERAS_ALEXNET_VERBOSE`` asks for TensorFlow's logs (``--verbose``)."""
+    environ = os.environ if environ is None else environ
+    return environ.get(VERBOSE_ENV, "") not in ("", "0")
+
+
+def quiet_tensorflow(verbose=None):
+    """Imports TensorFlow with its start-up noise hidden and returns the module.
+
+    Args:
+        verbose: show everything TensorFlow prints (as does a ``TF_CPP_MIN_LOG_LEVEL``
+            set by the user); None: `verbose_requested`.
+
+    Returns:
+        The `tensorflow` module. If it was imported before, nothing is hidden (too late)
+        and it is returned as is.
+
+    Raises:
+        Whatever ``import tensorflow`` raises, after replaying what it printed.
+    """
+    if verbose is None:
+        verbose = verbose_requested()
+    if "tensorflow" in sys.modules or verbose or user_chose_log_level():
+        import tensorflow as tf
+
+        return tf
+    os.environ["TF_CPP_MIN_LOG_LEVEL"] = "2"
+    os.environ[_OWN_LEVEL_MARK] = "1"
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError):  # no file descriptor 2 (e.g. a detached process)
+        import tensorflow as tf
+
+        return tf
+    with tempfile.TemporaryFile() as capture:
+        os.dup2(capture.fileno(), 2)
+        failed = True
+        try:
+            import tensorflow as tf
+
+            tf.config.list_physical_devices()  # CUDA start-up logs here (cuInit)
+            failed = False
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            capture.seek(0)
+            text = capture.read().decode("utf-8", "replace")
+            lines = text.splitlines(keepends=True)
+            kept = lines if failed else [line for line in lines if not is_noise(line)]
+            if kept:
+                sys.stderr.write("".join(kept))
+                sys.stderr.flush()
+    return tf
+

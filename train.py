@@ -10,10 +10,28 @@ Run the same command again to resume a killed run. See README.md for every flag.
 """
 
 import argparse
+import shlex
 import sys
 from pathlib import Path
 
 PRESETS = ("paper", "original", "caffe", "tiny")
+
+EXIT_BAD_INPUT = 2  # bad flags or data, another run's directory, a locked or damaged run
+EXIT_DIVERGED = 3  # the loss became NaN / inf; nothing of that epoch was saved
+EXIT_WRITE_FAILED = 4  # a file could not be written (full disk, read-only, quota)
+
+EPILOG = f"""exit status:
+  0  the run finished
+  {EXIT_BAD_INPUT}  bad flags or data; a run with another configuration in --output-dir; another
+     process is training in --output-dir (it holds OUTPUT_DIR/.lock); a damaged training
+     state with no complete checkpoint left
+  {EXIT_DIVERGED}  the loss became NaN or infinite: training stopped at that step and nothing of
+     that epoch was saved (checkpoint.json, best.keras and last.keras keep the last finite
+     epoch); the message gives a lower --lr and the command that resumes
+  {EXIT_WRITE_FAILED}  a file could not be written (full disk, read-only directory, quota): no
+     temporary file is left and checkpoint.json names the last whole checkpoint; run the same
+     command again once the disk has room
+"""
 
 
 def positive_int(text):
@@ -44,7 +62,8 @@ def int_list(text):
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, epilog=EPILOG,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     d = p.add_argument_group("data")
     d.add_argument("--data-dir", help="ImageNet-style folder (with train/ and val/), or the TFDS data dir with --tfds. "
                    "Without it and --tfds: the built-in synthetic dataset.")
@@ -160,11 +179,60 @@ def main(argv=None):
 
     try:
         summary = training.train(recipe, train_source, val_source, settings, args.stats, description, strategy)
-    except runs.ConfigMismatchError as e:
+    except training.TrainingDiverged as e:
+        argv = list(sys.argv[1:] if argv is None else argv)
+        print(divergence_message(e, argv, recipe.learning_rate), file=sys.stderr)
+        return EXIT_DIVERGED
+    except runs.RunWriteError as e:
         print(f"train.py: error: {e}", file=sys.stderr)
-        return 2
+        return EXIT_WRITE_FAILED
+    except runs.RunError as e:  # another configuration, a locked or damaged run directory
+        print(f"train.py: error: {e}", file=sys.stderr)
+        return EXIT_BAD_INPUT
     print("\n" + training.format_summary(summary))
     return 0
+
+
+def command_with(argv, **flags):
+    """``python train.py ARGV`` as a shell command, with ``flags`` (``output_dir="X"`` for
+    ``--output-dir X``) replacing the same flags of ``argv``."""
+    names = {f"--{k.replace('_', '-')}": v for k, v in flags.items()}
+    out, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+            continue
+        name = arg.split("=", 1)[0]
+        if name in names:
+            skip = "=" not in arg
+            continue
+        out.append(arg)
+    for name, value in names.items():
+        out += [name, str(value)]
+    return shlex.join(["python", "train.py", *out])
+
+
+def divergence_message(error, argv, base_lr):
+    """What train.py prints when the loss became non-finite: where, at what rate, what
+    was kept, and the commands to try."""
+    run_dir = error.run_dir
+    lower = float(f"{base_lr / 10:.3g}")  # --lr is the initial rate
+    fresh_dir = f"{str(run_dir).rstrip('/')}-lr{lower:g}"
+    lines = [f"train.py: error: {error}.",
+             f"Nothing of epoch {error.epoch} was saved."]
+    if error.last_good_epoch:
+        lines.append(f"{run_dir}/checkpoint.json, best.keras and last.keras still hold the last finite "
+                     f"state (epoch {error.last_good_epoch}).")
+    else:
+        lines.append(f"No model was written to {run_dir}: the first epoch diverged.")
+    lines += ["What to try: a lower learning rate (--lr), 10x lower, in a new run directory (the "
+              "rate is part of the run's configuration):",
+              f"  {command_with(argv, lr=f'{lower:g}', output_dir=fresh_dir)}"]
+    if error.last_good_epoch:
+        lines += [f"or resume this run from its last good checkpoint (epoch {error.last_good_epoch}) "
+                  "with the same command (the same rate may diverge again):",
+                  f"  {command_with(argv)}"]
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

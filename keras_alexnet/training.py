@@ -1,5 +1,9 @@
 """The paper's training recipe (§5) on `model.fit`, with runs that survive a kill.
 
+A run that diverges (a non-finite loss) stops at once with `TrainingDiverged`, before
+anything of the diverged epoch is saved: the resume pointer, ``best.keras`` and
+``last.keras`` keep naming the last finite epoch.
+
 `train(...)` is what ``python train.py`` runs. What it writes into the run directory,
 and how each file is written so that a kill at any moment loses nothing, is
 `keras_alexnet.runs`' business; this module builds, compiles and fits the model, and
@@ -8,6 +12,7 @@ hands `keras_alexnet.runs` the config, statistics, training state and summary.
 
 import dataclasses
 import json
+import math
 import os
 import time
 import warnings
@@ -145,6 +150,85 @@ class EpochInfo(keras.callbacks.Callback):
             logs["seconds"] = time.time() - self._start
 
 
+# Divergence ----------------------------------------------------------------------------
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss (or the weights) became NaN or infinite; nothing of the epoch was saved.
+
+    Attributes:
+        epoch: the 1-based epoch.
+        step: the 1-based step in the epoch, or None when found at the end of the epoch.
+        steps: steps per epoch (or None).
+        learning_rate: the rate when it diverged.
+        what: what was not finite, in words (``"loss nan"``).
+        run_dir: the run directory (set by `train`).
+        last_good_epoch: the epoch the resume pointer names, or None when no epoch was
+            saved (set by `train`).
+    """
+
+    def __init__(self, epoch, step, steps, learning_rate, what):
+        self.epoch, self.step, self.steps = epoch, step, steps
+        self.learning_rate, self.what = learning_rate, what
+        self.run_dir = None
+        self.last_good_epoch = None
+        where = (f"step {step}" + (f" of {steps}" if steps else "") if step is not None
+                 else "the end")
+        super().__init__(f"training diverged: {what} at {where} of epoch {epoch} "
+                         f"(learning rate {learning_rate:.3g})")
+
+
+def _non_finite(value):
+    try:
+        return not math.isfinite(float(value))
+    except (TypeError, ValueError):
+        return False
+
+
+class DivergenceGuard(keras.callbacks.Callback):
+    """Stops training with `TrainingDiverged` at the first step whose loss is not finite.
+
+    Why every step and not at the end of the epoch: an ImageNet epoch is hours, and a
+    NaN is final (the logged loss is the running mean of the epoch, so it stays NaN);
+    stopping within the step saves the rest of the epoch and its validation. Raising
+    (rather than ``stop_training``) also keeps Keras from running the validation and
+    the ``on_epoch_end`` of the other callbacks, so nothing of a diverged epoch is
+    saved. `RunCheckpoint` checks the loss and the weights once more before it writes
+    (a last step that made the weights NaN logs a finite loss).
+
+    ``async_safe``: Keras may run this in a worker thread, so the check costs the
+    training loop nothing; the error then surfaces at the next step (the step number
+    reported is the one that diverged).
+    """
+
+    async_safe = True
+
+    def __init__(self):
+        super().__init__()
+        self.epoch = 0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch = epoch + 1
+
+    def on_train_batch_end(self, batch, logs=None):
+        loss = (logs or {}).get("loss")
+        if loss is not None and _non_finite(loss):
+            raise TrainingDiverged(self.epoch, batch + 1, (self.params or {}).get("steps"),
+                                   _lr(self.model), f"loss {float(loss)}")
+
+
+def check_finite(model, logs, epoch):
+    """Raises `TrainingDiverged` (at the end of ``epoch``, 1-based) when a loss in ``logs``
+    or a weight of ``model`` is NaN or infinite."""
+    logs = logs or {}
+    for key in ("loss", "val_loss"):
+        if key in logs and _non_finite(logs[key]):
+            raise TrainingDiverged(epoch, None, None, _lr(model), f"{key} {float(logs[key])}")
+    for variable in model.weights:
+        if not np.isfinite(keras.ops.convert_to_numpy(variable)).all():
+            raise TrainingDiverged(epoch, None, None, _lr(model), f"weights of {variable.path} not finite")
+
+
 # The training state, each epoch ---------------------------------------------------
 
 
@@ -175,6 +259,7 @@ class RunCheckpoint(keras.callbacks.Callback):
         self.best = min(best) if best else float("inf")
 
     def on_epoch_end(self, epoch, logs=None):
+        check_finite(self.model, logs, epoch + 1)  # a diverged epoch is never saved
         row = {"epoch": epoch + 1}
         row.update({k: float(v) for k, v in (logs or {}).items()})
         self.history.append(row)
@@ -328,9 +413,9 @@ def _prepare_stats(train_source, recipe, run_dir, stats_path, max_images, is_chi
     """Loads ``stats_path``, the run's own ``stats.npz``, or computes and saves it."""
     own = run_dir / runs.STATS_FILE
     if stats_path:
-        stats = stats_lib.load_stats(stats_path)
+        stats = runs.load_stats(stats_path)
     elif own.is_file():
-        stats = stats_lib.load_stats(own)
+        stats = runs.load_stats(own)
     else:
         if recipe.mean == "none" and not recipe.pca_stddev:
             return None
@@ -421,9 +506,14 @@ def train(recipe, train_source, val_source, settings, stats_path=None, data_desc
 
     Returns:
         The dict also written to ``summary.json``.
+
+    Raises:
+        keras_alexnet.runs.RunLockedError: another process is training in the directory.
+        keras_alexnet.runs.RunWriteError: a file could not be written (a full disk).
+        keras_alexnet.runs.RunError: a damaged run directory without a checkpoint to use.
+        TrainingDiverged: the loss became non-finite (nothing of that epoch is saved).
     """
     run_dir = Path(settings.output_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
     if settings.precision == "auto":
         settings = dataclasses.replace(settings, precision=choose_precision())
         print(f"Precision: {settings.precision} (chosen for this hardware; --precision to override).", flush=True)
@@ -440,7 +530,16 @@ def train(recipe, train_source, val_source, settings, stats_path=None, data_desc
         keras_compat.patch_multi_worker_reduce()
     if recipe.batch_size % num_workers:
         raise ValueError(f"batch size {recipe.batch_size} is not divisible by {num_workers} workers.")
+    # One writer per directory (`keras_alexnet.runs.RunLock`), taken before anything is
+    # written: the chief locks the run, worker i its own RUN/workers/<i>.
+    own_dir = run_dir if is_chief else run_dir / runs.WORKERS_DIR / str(worker_index)
+    with runs.lock_run(own_dir):
+        return _train_locked(recipe, train_source, val_source, settings, stats_path, data_description,
+                             strategy, run_dir, num_workers, worker_index, is_chief)
 
+
+def _train_locked(recipe, train_source, val_source, settings, stats_path, data_description,
+                  strategy, run_dir, num_workers, worker_index, is_chief):
     config = {
         "recipe": recipe.to_dict(),
         "data": data_description or {"train": train_source.location, "val": val_source.location},
@@ -463,7 +562,7 @@ def train(recipe, train_source, val_source, settings, stats_path=None, data_desc
         compile_model(model, recipe, settings)
 
     plateau = None
-    callbacks = [EpochInfo()]
+    callbacks = [EpochInfo(), DivergenceGuard()]
     if recipe.schedule == "plateau":
         plateau = PlateauSchedule(MONITOR, recipe.lr_factor, recipe.plateau_patience, recipe.max_lr_reductions)
         callbacks.append(plateau)
@@ -473,10 +572,16 @@ def train(recipe, train_source, val_source, settings, stats_path=None, data_desc
         raise ValueError(f"unknown schedule {recipe.schedule!r}")
 
     history, initial_epoch = [], 0
-    state = runs.read_training_state(run_dir)
+    state = runs.read_training_state(run_dir)  # prints which checkpoint, if one was damaged
     if state is not None:
-        with strategy.scope():
-            restore_into(model, state.model_path)
+        try:
+            with strategy.scope():
+                restore_into(model, state.model_path)
+        except Exception as e:  # a model that passed the archive check but does not load
+            raise runs.DamagedStateError(
+                f"Cannot resume {run_dir} from {state.model_path}: {type(e).__name__}: {e}. Delete "
+                f"{run_dir / runs.POINTER_FILE} and that file to fall back on an older checkpoint, "
+                "or pass another --output-dir.") from e
         history, initial_epoch = state.history, state.epoch
         if plateau is not None and "plateau" in state.callbacks:
             plateau.set_state(state.callbacks["plateau"])
@@ -509,15 +614,20 @@ def train(recipe, train_source, val_source, settings, stats_path=None, data_desc
             # Training streams are endless, so no warning of theirs is hidden.
             warnings.filterwarnings("ignore", message="Your input ran out of data")
             warnings.filterwarnings("ignore", message=r"`shuffle=True` was passed")
-            model.fit(
-                train_ds,
-                validation_data=val_ds,
-                steps_per_epoch=steps,
-                epochs=end,
-                initial_epoch=begin,
-                callbacks=callbacks,
-                verbose=settings.verbose,
-            )
+            try:
+                model.fit(
+                    train_ds,
+                    validation_data=val_ds,
+                    steps_per_epoch=steps,
+                    epochs=end,
+                    initial_epoch=begin,
+                    callbacks=callbacks,
+                    verbose=settings.verbose,
+                )
+            except TrainingDiverged as e:
+                e.run_dir = run_dir
+                e.last_good_epoch = int(history[-1]["epoch"]) if history else None
+                raise
     seconds = time.time() - start
 
     summary = summarize(run_dir, history, train_source, val_source, seconds, counter)

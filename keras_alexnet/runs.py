@@ -147,6 +147,8 @@ def fsync_dir(path):
         return
     try:
         os.fsync(fd)
+    except OSError:
+        pass  # some file systems refuse to fsync a directory; the rename itself is done
     finally:
         os.close(fd)
 
@@ -468,8 +470,13 @@ def save_training_state(run_dir, model, history, callbacks=None, best=float("inf
         # A failed write (full disk): the pointer still names the previous pair. This
         # epoch's own files go, to give the space back and leave nothing half-done;
         # best.keras / last.keras, if already linked, are whole models either way.
-        for name in (f"{stem}.keras", f"{stem}.json"):
-            (ckpt_dir / name).unlink(missing_ok=True)
+        try:
+            named = json.loads((run_dir / POINTER_FILE).read_text()).get("model")
+        except (OSError, ValueError, AttributeError):
+            named = None
+        if named != f"{CHECKPOINTS_DIR}/{stem}.keras":  # never the pair the pointer names
+            for name in (f"{stem}.keras", f"{stem}.json"):
+                (ckpt_dir / name).unlink(missing_ok=True)
         raise
     for old in ckpt_dir.glob("epoch-*"):
         if not old.name.startswith(stem):

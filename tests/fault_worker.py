@@ -6,7 +6,9 @@ FAULT, in the environment:
 - ``enospc-save:NAME``: ``model.save`` of the temporary file of NAME (e.g.
   ``epoch-0002.keras``) writes half the file, then fails with ENOSPC (a full disk);
 - ``enospc-replace:NAME:N``: the N-th atomic rename onto a file called NAME fails with
-  ENOSPC (e.g. ``checkpoint.json:2``: the pointer of epoch 2).
+  ENOSPC (e.g. ``checkpoint.json:2``: the pointer of epoch 2);
+- ``wait:PATH``: the first epoch waits until PATH exists (at most 10 minutes), so the run
+  holds its lock for as long as a test needs.
 Usage: python fault_worker.py TRAIN_FLAGS...
 """
 
@@ -54,6 +56,16 @@ elif kind == "enospc-replace":
         return real_replace(src, dst)
 
     os.replace = replace
+elif kind == "wait":
+    import time
+
+    def on_epoch_begin(self, e, logs=None, _orig=training.EpochInfo.on_epoch_begin):
+        deadline = time.time() + 600
+        while e == 0 and not Path(rest).exists() and time.time() < deadline:
+            time.sleep(0.1)
+        _orig(self, e, logs)
+
+    training.EpochInfo.on_epoch_begin = on_epoch_begin
 else:
     raise SystemExit(f"unknown FAULT {kind!r}")
 

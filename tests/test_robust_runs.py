@@ -135,8 +135,10 @@ def test_run_lock_is_exclusive_and_names_the_holder(tmp_path):
 def test_second_writer_exits_2_and_a_killed_run_leaves_no_stale_lock(tmp_path, tiny_data):
     run_dir = tmp_path / "run"
     args = flags(tiny_data, run_dir, 3)
-    first = subprocess.Popen([sys.executable, str(REPO / "train.py"), *args], env=env(),
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    go = tmp_path / "go"  # the first run holds its lock until the second has been refused
+    first = subprocess.Popen([sys.executable, str(REPO / "tests" / "fault_worker.py"), *args],
+                             env=env(FAULT=f"wait:{go}"), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             text=True)
     lock = run_dir / runs.LOCK_FILE
     deadline = time.time() + 120
     while not (lock.is_file() and lock.read_text().strip() == str(first.pid)):
@@ -146,6 +148,7 @@ def test_second_writer_exits_2_and_a_killed_run_leaves_no_stale_lock(tmp_path, t
     assert second.returncode == 2, second.stderr[-3000:]
     no_traceback(second)
     assert f"{run_dir} is being written by another process (PID {first.pid}" in second.stderr
+    go.touch()
     out, err = first.communicate(timeout=600)
     assert first.returncode == 0, err[-3000:]
     assert list(runs.read_metrics(run_dir)["epoch"]) == [1.0, 2.0, 3.0]

@@ -140,7 +140,7 @@ def test_second_writer_exits_2_and_a_killed_run_leaves_no_stale_lock(tmp_path, t
                              env=env(FAULT=f"wait:{go}"), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                              text=True)
     lock = run_dir / runs.LOCK_FILE
-    deadline = time.time() + 120
+    deadline = time.time() + 300
     while not (lock.is_file() and lock.read_text().strip() == str(first.pid)):
         assert first.poll() is None and time.time() < deadline, "the first run never took the lock"
         time.sleep(0.05)
@@ -155,11 +155,13 @@ def test_second_writer_exits_2_and_a_killed_run_leaves_no_stale_lock(tmp_path, t
 
     # A SIGKILLed writer: the OS drops its lock, the next run takes it.
     other = tmp_path / "killed"
-    killed = subprocess.Popen([sys.executable, str(REPO / "train.py"), *flags(tiny_data, other, 3)],
-                              env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    killed = subprocess.Popen([sys.executable, str(REPO / "tests" / "fault_worker.py"), *flags(tiny_data, other, 3)],
+                              env=env(FAULT=f"wait:{tmp_path / 'never'}"),  # holds the lock until killed
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
     while not ((other / runs.LOCK_FILE).is_file()
                and (other / runs.LOCK_FILE).read_text().strip() == str(killed.pid)):
-        assert killed.poll() is None and time.time() < deadline + 120
+        assert killed.poll() is None and time.time() < deadline, "the run to kill never took the lock"
         time.sleep(0.05)
     with pytest.raises(runs.RunLockedError):
         runs.RunLock(other).acquire()

@@ -27,7 +27,9 @@ EPILOG = f"""exit status:
      state with no complete checkpoint left
   {EXIT_DIVERGED}  the loss became NaN or infinite: training stopped at that step and nothing of
      that epoch was saved (checkpoint.json, best.keras and last.keras keep the last finite
-     epoch); the message gives a lower --lr and the command that resumes
+     epoch); the message gives a lower --lr and the command that resumes (with
+     --on-divergence recover, a divergence instead restarts from the last good state at a
+     tenth of the rate, at most --max-recoveries times, then exits 3)
   {EXIT_WRITE_FAILED}  a file could not be written (full disk, read-only directory, quota): no
      temporary file is left and checkpoint.json names the last whole checkpoint; run the same
      command again once the disk has room
@@ -115,6 +117,11 @@ def parse_args(argv=None):
     s.add_argument("--devices", help="two devices for the towers, e.g. /GPU:0,/GPU:1 (default: two GPUs if present)")
     s.add_argument("--strategy", choices=("auto", "default", "mirrored", "multi-worker"), default="auto")
     s.add_argument("--max-steps-per-epoch", type=positive_int, help="cap steps per epoch (smoke runs)")
+    s.add_argument("--on-divergence", choices=("stop", "recover"), default="stop",
+                   help="when the loss becomes NaN/inf: stop (exit 3), or recover: go back to the last good "
+                        "checkpoint (or the initial weights) with the learning rate / 10 (default: stop)")
+    s.add_argument("--max-recoveries", type=positive_int, default=3,
+                   help="with --on-divergence recover: at most this many recoveries in the run (default 3)")
     s.add_argument("--quiet", action="store_true", help="no progress bars")
     args = p.parse_args(argv)
 
@@ -170,7 +177,8 @@ def main(argv=None):
             output_dir=output_dir, precision=args.precision, xla={"auto": "auto", "on": True, "off": False}[args.xla],
             steps_per_execution=args.steps_per_execution, grouping=args.grouping, devices=args.devices,
             strategy=args.strategy, stats_max_images=args.stats_max_images,
-            max_steps_per_epoch=args.max_steps_per_epoch, verbose=0 if args.quiet else 1)
+            max_steps_per_epoch=args.max_steps_per_epoch, verbose=0 if args.quiet else 1,
+            on_divergence=args.on_divergence, max_recoveries=args.max_recoveries)
         description = {"data_dir": str(data_dir), "tfds": args.tfds, "train_split": args.train_split,
                        "val_split": args.val_split, "class_index": train_source.class_index, "preset": preset}
     except (ValueError, FileNotFoundError) as e:  # bad paths, bad data, bad values
@@ -218,7 +226,8 @@ def divergence_message(error, argv, base_lr):
     run_dir = error.run_dir
     lower = float(f"{base_lr / 10:.3g}")  # --lr is the initial rate
     fresh_dir = f"{str(run_dir).rstrip('/')}-lr{lower:g}"
-    lines = [f"train.py: error: {error}.",
+    lines = [f"train.py: error: {error}"
+             + (f", after {error.recoveries} recoveries (--max-recoveries)." if error.recoveries else "."),
              f"Nothing of epoch {error.epoch} was saved."]
     if error.last_good_epoch:
         lines.append(f"{run_dir}/checkpoint.json, best.keras and last.keras still hold the last finite "
@@ -229,9 +238,9 @@ def divergence_message(error, argv, base_lr):
               "rate is part of the run's configuration):",
               f"  {command_with(argv, lr=f'{lower:g}', output_dir=fresh_dir)}"]
     if error.last_good_epoch:
-        lines += [f"or resume this run from its last good checkpoint (epoch {error.last_good_epoch}) "
-                  "with the same command (the same rate may diverge again):",
-                  f"  {command_with(argv)}"]
+        lines += [f"or resume this run from its last good checkpoint (epoch {error.last_good_epoch}), "
+                  "dividing the rate by 10 whenever it diverges:",
+                  f"  {command_with(argv, on_divergence='recover')}"]
     return "\n".join(lines)
 
 

@@ -534,14 +534,18 @@ def _parse_state(path, model_path):
             raise ValueError(f"'history' holds epochs {epochs}, expected 1..{epoch}")
         if not isinstance(callbacks, dict):
             raise TypeError("'callbacks' must be an object")
-        plateau = callbacks.get("plateau")
-        if plateau is not None:
-            if not isinstance(plateau, dict):
-                raise TypeError("'callbacks.plateau' must be an object")
-            for key in ("best", "wait", "reductions"):
-                value = plateau[key]
+        # The state of the training callbacks (keras_alexnet.training): name -> its numbers.
+        for name, keys in (("plateau", ("best", "wait", "reductions")), ("steps", ("scale",)),
+                           ("divergence", ("recoveries",))):
+            part = callbacks.get(name)
+            if part is None:
+                continue
+            if not isinstance(part, dict):
+                raise TypeError(f"'callbacks.{name}' must be an object")
+            for key in keys:
+                value = part[key]
                 if isinstance(value, bool) or not isinstance(value, (int, float)):
-                    raise TypeError(f"'callbacks.plateau.{key}' must be a number, got {value!r}")
+                    raise TypeError(f"'callbacks.{name}.{key}' must be a number, got {value!r}")
     except KeyError as e:
         raise RunError(f"{path} lacks the key {e}") from e
     except (TypeError, ValueError) as e:

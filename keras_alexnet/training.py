@@ -123,16 +123,24 @@ class PlateauSchedule(keras.callbacks.Callback):
 class StepSchedule(keras.callbacks.Callback):
     """Multiplies the base rate by ``factor`` at each of ``steps`` (0-based epochs).
 
-    The rate of epoch ``e`` is ``base * factor ** len([s for s in steps if s <= e])``,
-    a pure function of the epoch, so a resumed run needs no state.
+    The rate of epoch ``e`` is ``scale * base * factor ** len([s for s in steps if s <= e])``,
+    a pure function of the epoch; ``scale`` (1, or 0.1 per recovery from a divergence) is
+    its only state.
     """
 
     def __init__(self, base, steps, factor=0.1):
         super().__init__()
         self.base, self.steps, self.factor = base, tuple(steps), factor
+        self.scale = 1.0  # divided by 10 by each recovery from a divergence (saved)
+
+    def get_state(self):
+        return {"scale": self.scale}
+
+    def set_state(self, state):
+        self.scale = float(state["scale"])
 
     def rate(self, epoch):
-        return self.base * self.factor ** sum(1 for s in self.steps if s <= epoch)
+        return self.scale * self.base * self.factor ** sum(1 for s in self.steps if s <= epoch)
 
     def on_epoch_begin(self, epoch, logs=None):
         _set_lr(self.model, self.rate(epoch))
@@ -165,6 +173,7 @@ class TrainingDiverged(RuntimeError):
         run_dir: the run directory (set by `train`).
         last_good_epoch: the epoch the resume pointer names, or None when no epoch was
             saved (set by `train`).
+        recoveries: recoveries made before this divergence (``--on-divergence recover``).
     """
 
     def __init__(self, epoch, step, steps, learning_rate, what):
@@ -172,10 +181,14 @@ class TrainingDiverged(RuntimeError):
         self.learning_rate, self.what = learning_rate, what
         self.run_dir = None
         self.last_good_epoch = None
+        self.recoveries = 0
         where = (f"step {step}" + (f" of {steps}" if steps else "") if step is not None
                  else "the end")
         super().__init__(f"training diverged: {what} at {where} of epoch {epoch} "
                          f"(learning rate {learning_rate:.3g})")
+
+
+RECOVERY_FACTOR = 0.1  # --on-divergence recover: the rate after a divergence, times this
 
 
 def _non_finite(value):
@@ -206,6 +219,13 @@ class DivergenceGuard(keras.callbacks.Callback):
     def __init__(self):
         super().__init__()
         self.epoch = 0
+        self.recoveries = 0  # recoveries so far (``--on-divergence recover``), saved with the run
+
+    def get_state(self):
+        return {"recoveries": self.recoveries}
+
+    def set_state(self, state):
+        self.recoveries = int(state["recoveries"])
 
     def on_epoch_begin(self, epoch, logs=None):
         self.epoch = epoch + 1
@@ -407,6 +427,8 @@ class RunSettings:
     stats_max_images: int = 50_000
     max_steps_per_epoch: int = None
     verbose: int = 1
+    on_divergence: str = "stop"  # "stop" (raise TrainingDiverged) or "recover" (last good state, rate / 10)
+    max_recoveries: int = 3  # "recover": at most this many times in the whole run
 
 
 def _prepare_stats(train_source, recipe, run_dir, stats_path, max_images, is_chief):
@@ -561,19 +583,25 @@ def _train_locked(recipe, train_source, val_source, settings, stats_path, data_d
         model = build_model(recipe, train_source.num_classes, settings.grouping, settings.devices)
         compile_model(model, recipe, settings)
 
-    plateau = None
-    callbacks = [EpochInfo(), DivergenceGuard()]
+    plateau = steps_schedule = None
+    guard = DivergenceGuard()
+    callbacks = [EpochInfo(), guard]
     if recipe.schedule == "plateau":
         plateau = PlateauSchedule(MONITOR, recipe.lr_factor, recipe.plateau_patience, recipe.max_lr_reductions)
         callbacks.append(plateau)
     elif recipe.schedule == "steps":
-        callbacks.append(StepSchedule(recipe.learning_rate, recipe.lr_steps, recipe.lr_factor))
+        steps_schedule = StepSchedule(recipe.learning_rate, recipe.lr_steps, recipe.lr_factor)
+        callbacks.append(steps_schedule)
     else:
         raise ValueError(f"unknown schedule {recipe.schedule!r}")
+    stateful = {name: cb for name, cb in (("plateau", plateau), ("steps", steps_schedule),
+                                          ("divergence", guard)) if cb is not None}
+    initial = None
+    if settings.on_divergence == "recover":  # the start, should epoch 1 diverge
+        initial = ([w.copy() for w in model.get_weights()], plateau.get_state() if plateau else None)
 
-    history, initial_epoch = [], 0
-    state = runs.read_training_state(run_dir)  # prints which checkpoint, if one was damaged
-    if state is not None:
+    def restore(state):
+        """Model, optimizer, history and callback state of a checkpoint; the epoch."""
         try:
             with strategy.scope():
                 restore_into(model, state.model_path)
@@ -582,20 +610,80 @@ def _train_locked(recipe, train_source, val_source, settings, stats_path, data_d
                 f"Cannot resume {run_dir} from {state.model_path}: {type(e).__name__}: {e}. Delete "
                 f"{run_dir / runs.POINTER_FILE} and that file to fall back on an older checkpoint, "
                 "or pass another --output-dir.") from e
-        history, initial_epoch = state.history, state.epoch
-        if plateau is not None and "plateau" in state.callbacks:
-            plateau.set_state(state.callbacks["plateau"])
+        history[:] = state.history
+        for name, cb in stateful.items():
+            if name in state.callbacks and cb is not guard:
+                cb.set_state(state.callbacks[name])
+        return state.epoch
+
+    history, initial_epoch = [], 0
+    state = runs.read_training_state(run_dir)  # prints which checkpoint, if one was damaged
+    if state is not None:
+        initial_epoch = restore(state)
+        if "divergence" in state.callbacks:
+            guard.set_state(state.callbacks["divergence"])
         print(f"Resuming {run_dir} after epoch {initial_epoch} (learning rate {_lr(model):.3g}).", flush=True)
 
     counter = data_lib.SkipCounter()
     callbacks.append(data_lib.SkipReport(counter, len(train_source.non_image_files)))
-    checkpoint = RunCheckpoint(run_dir, {"plateau": plateau} if plateau else {}, history, MONITOR, is_chief, worker_index)
+    checkpoint = RunCheckpoint(run_dir, stateful, history, MONITOR, is_chief, worker_index)
     # The checkpoint goes after every callback that adds to the logs or changes state.
     callbacks += [checkpoint]
     if is_chief:
         callbacks.append(keras.callbacks.TensorBoard(str(run_dir / runs.TENSORBOARD_DIR), write_graph=False))
 
     start = time.time()
+    while True:
+        try:
+            _fit_phases(model, recipe, settings, train_source, val_source, stats, counter, num_workers,
+                        worker_index, callbacks, initial_epoch)
+            break
+        except TrainingDiverged as e:
+            e.run_dir = run_dir
+            e.last_good_epoch = int(history[-1]["epoch"]) if history else None
+            e.recoveries = guard.recoveries
+            if settings.on_divergence != "recover" or guard.recoveries >= settings.max_recoveries:
+                raise
+            diverged = e
+        # Recovery (--on-divergence recover): back to the last good state, at a tenth of
+        # the lower of its rate and the rate that diverged (so a second divergence from
+        # the same checkpoint goes to a hundredth, and so on).
+        guard.recoveries += 1
+        diverged_lr = _lr(model)
+        diverged_scale = steps_schedule.scale if steps_schedule is not None else 1.0
+        state = runs.read_training_state(run_dir)
+        if state is not None:
+            initial_epoch, where = restore(state), f"epoch {state.epoch} ({state.model_path})"
+        else:  # nothing saved yet: the initial weights, a fresh optimizer and schedule
+            weights, plateau_state = initial
+            model.set_weights(weights)
+            for variable in model.optimizer.variables:
+                variable.assign(keras.ops.zeros_like(variable))
+            _set_lr(model, recipe.learning_rate)
+            if plateau is not None:
+                plateau.set_state(plateau_state)
+            history.clear()
+            initial_epoch, where = 0, "the initial weights"
+        checkpoint.best = min([r[MONITOR] for r in history if r.get(MONITOR) is not None] or [float("inf")])
+        old = min(_lr(model), diverged_lr)
+        _set_lr(model, old * RECOVERY_FACTOR)
+        if steps_schedule is not None:  # it sets the rate every epoch: scale it instead
+            steps_schedule.scale = min(steps_schedule.scale, diverged_scale) * RECOVERY_FACTOR
+        print(f"{diverged}. Recovery {guard.recoveries}/{settings.max_recoveries}: restarting from {where} "
+              f"with learning rate {old:.3g} -> {old * RECOVERY_FACTOR:.3g}.", flush=True)
+    seconds = time.time() - start
+
+    summary = summarize(run_dir, history, train_source, val_source, seconds, counter)
+    summary["data_dir"] = (config["data"] or {}).get("data_dir")
+    if is_chief:
+        summary["curves"] = write_curves(run_dir, history)
+        runs.write_summary(run_dir, summary)
+    return summary
+
+
+def _fit_phases(model, recipe, settings, train_source, val_source, stats, counter, num_workers,
+                worker_index, callbacks, initial_epoch):
+    """`model.fit` from ``initial_epoch`` to the end, one call per data phase."""
     # Phases: the 2012 code switches PCA noise off at an epoch; a new dataset per phase.
     boundaries = [initial_epoch]
     if recipe.pca_off_epoch and initial_epoch < recipe.pca_off_epoch < recipe.epochs:
@@ -606,36 +694,23 @@ def _train_locked(recipe, train_source, val_source, settings, stats_path, data_d
             continue
         pca_on = not (recipe.pca_off_epoch and begin >= recipe.pca_off_epoch)
         train_ds, val_ds, steps = _datasets(recipe, train_source, val_source, stats, counter,
-                                     num_workers, worker_index, seed_offset=begin, pca=pca_on,
-                                     max_steps=settings.max_steps_per_epoch)
+                                            num_workers, worker_index, seed_offset=begin, pca=pca_on,
+                                            max_steps=settings.max_steps_per_epoch)
         with warnings.catch_warnings():
             # Validation streams are finite with a length Keras cannot know (unreadable
             # files are dropped): it warns when it reaches their end, which is expected.
             # Training streams are endless, so no warning of theirs is hidden.
             warnings.filterwarnings("ignore", message="Your input ran out of data")
             warnings.filterwarnings("ignore", message=r"`shuffle=True` was passed")
-            try:
-                model.fit(
-                    train_ds,
-                    validation_data=val_ds,
-                    steps_per_epoch=steps,
-                    epochs=end,
-                    initial_epoch=begin,
-                    callbacks=callbacks,
-                    verbose=settings.verbose,
-                )
-            except TrainingDiverged as e:
-                e.run_dir = run_dir
-                e.last_good_epoch = int(history[-1]["epoch"]) if history else None
-                raise
-    seconds = time.time() - start
-
-    summary = summarize(run_dir, history, train_source, val_source, seconds, counter)
-    summary["data_dir"] = (config["data"] or {}).get("data_dir")
-    if is_chief:
-        summary["curves"] = write_curves(run_dir, history)
-        runs.write_summary(run_dir, summary)
-    return summary
+            model.fit(
+                train_ds,
+                validation_data=val_ds,
+                steps_per_epoch=steps,
+                epochs=end,
+                initial_epoch=begin,
+                callbacks=callbacks,
+                verbose=settings.verbose,
+            )
 
 
 def write_curves(run_dir, history):

@@ -1,8 +1,8 @@
 """Runs train.py with an injected fault (fault injection for tests/test_robust_runs.py).
 
 FAULT, in the environment:
-- ``lr:E:VALUE``: the learning rate becomes VALUE at the start of epoch E (1-based), as
-  if the rate jumped: a later epoch diverges, deterministically;
+- ``lr:E:VALUE``: the learning rate becomes VALUE at the first start of epoch E
+  (1-based), as if the rate jumped once: a later epoch diverges, deterministically;
 - ``enospc-save:NAME``: ``model.save`` of the temporary file of NAME (e.g.
   ``epoch-0002.keras``) writes half the file, then fails with ENOSPC (a full disk);
 - ``enospc-replace:NAME:N``: the N-th atomic rename onto a file called NAME fails with
@@ -26,8 +26,11 @@ kind, _, rest = os.environ["FAULT"].partition(":")
 if kind == "lr":
     epoch, value = rest.split(":")
 
+    jumped = []
+
     def on_epoch_begin(self, e, logs=None, _orig=training.EpochInfo.on_epoch_begin):
-        if e + 1 == int(epoch):
+        if e + 1 == int(epoch) and not jumped:  # once (a recovery redoes the epoch)
+            jumped.append(e)
             training._set_lr(self.model, float(value))
         _orig(self, e, logs)
 

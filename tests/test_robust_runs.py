@@ -99,6 +99,34 @@ def test_later_epoch_divergence_keeps_the_last_finite_state(tmp_path, tiny_data)
     assert leftovers(run_dir) == []
 
 
+def test_recover_goes_back_to_the_last_good_epoch_at_a_tenth_of_the_rate(tmp_path, tiny_data):
+    run_dir = tmp_path / "run"
+    args = flags(tiny_data, run_dir, 3, "--on-divergence", "recover")
+    proc = run_train(args, "tests/fault_worker.py", FAULT="lr:2:1e7")  # epoch 2 jumps once
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    no_traceback(proc)
+    assert "of epoch 2 (learning rate 1e+07). Recovery 1/3: restarting from epoch 1" in proc.stdout
+    assert "learning rate 0.005 -> 0.0005" in proc.stdout
+    metrics = runs.read_metrics(run_dir)
+    assert list(metrics["epoch"]) == [1.0, 2.0, 3.0]  # epoch 2 once: the diverged try is not kept
+    np.testing.assert_allclose(metrics["lr"], [0.005, 0.0005, 0.0005], rtol=1e-5)
+    state, _ = runs.find_training_state(run_dir)
+    assert state.callbacks["divergence"] == {"recoveries": 1}
+    assert finite_model(run_dir / runs.BEST_MODEL) and finite_model(run_dir / runs.LAST_MODEL)
+
+
+def test_recover_gives_up_after_max_recoveries(tmp_path, tiny_data):
+    run_dir = tmp_path / "run"
+    proc = run_train(flags(tiny_data, run_dir, 2, "--lr", "1e6", "--on-divergence", "recover",
+                           "--max-recoveries", "2"))
+    assert proc.returncode == 3, proc.stderr[-3000:]
+    no_traceback(proc)
+    assert "Recovery 1/2: restarting from the initial weights with learning rate 1e+06 -> 1e+05" in proc.stdout
+    assert "Recovery 2/2: restarting from the initial weights with learning rate 1e+05 -> 1e+04" in proc.stdout
+    assert "(learning rate 1e+04), after 2 recoveries" in proc.stderr
+    assert not (run_dir / runs.BEST_MODEL).exists() and not (run_dir / runs.POINTER_FILE).exists()
+
+
 def test_checkpoint_refuses_a_non_finite_epoch():
     """The last line of defence: RunCheckpoint never saves NaN (a last step that made the
     weights NaN logs a finite loss)."""
@@ -305,6 +333,9 @@ DAMAGE = {  # name -> (damage, epoch resumed (None: refused), the damaged file n
                                                                                          "reductions": 0}}})),
         1, "plateau.best"),
     "state missing key": (lambda d, c: (c / "epoch-0002.json").write_text('{"epoch": 2}'), 1, "lacks the key"),
+    "state recoveries wrong type": (lambda d, c: (c / "epoch-0002.json").write_text(json.dumps(
+        {"epoch": 2, "history": [{"epoch": 1}, {"epoch": 2}], "callbacks": {"divergence": {"recoveries": None}}})),
+        1, "divergence.recoveries"),
     "everything": (lambda d, c: [torn(c / "epoch-0002.keras"), (c / "epoch-0001.json").write_text("{")], None,
                    "epoch-0002.keras"),
 }

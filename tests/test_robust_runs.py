@@ -7,6 +7,7 @@ import io
 import json
 import os
 import random
+import re
 import shutil
 import signal
 import subprocess
@@ -70,7 +71,8 @@ def test_first_epoch_divergence_exits_3_and_writes_no_model(tmp_path, tiny_data)
     assert proc.returncode == 3, proc.stderr[-3000:]
     no_traceback(proc)
     err = proc.stderr
-    assert "training diverged: loss nan at step" in err and "of epoch 1" in err
+    # nan or inf, depending on how the first huge step overflows
+    assert re.search(r"training diverged: loss (nan|inf) at step [12] of 2 of epoch 1 ", err), err[-2000:]
     assert "learning rate 1e+06" in err and "--lr 100000" in err
     assert f"--output-dir {run_dir}-lr100000" in err  # the exact command of a new run
     assert "No model was written" in err

@@ -182,10 +182,11 @@ class TrainingDiverged(RuntimeError):
         self.run_dir = None
         self.last_good_epoch = None
         self.recoveries = 0
-        where = (f"step {step}" + (f" of {steps}" if steps else "") if step is not None
-                 else "the end")
-        super().__init__(f"training diverged: {what} at {where} of epoch {epoch} "
-                         f"(learning rate {learning_rate:.3g})")
+        if step is not None:
+            where = f"at step {step}" + (f" of {steps}" if steps else "") + f" of epoch {epoch}"
+        else:  # found by the end-of-epoch check: the last step made the weights non-finite
+            where = f"at the end of epoch {epoch}" + (f" (after step {steps} of {steps})" if steps else "")
+        super().__init__(f"training diverged: {what} {where} (learning rate {learning_rate:.3g})")
 
 
 RECOVERY_FACTOR = 0.1  # --on-divergence recover: the rate after a divergence, times this
@@ -237,16 +238,16 @@ class DivergenceGuard(keras.callbacks.Callback):
                                    _lr(self.model), f"loss {float(loss)}")
 
 
-def check_finite(model, logs, epoch):
-    """Raises `TrainingDiverged` (at the end of ``epoch``, 1-based) when a loss in ``logs``
-    or a weight of ``model`` is NaN or infinite."""
+def check_finite(model, logs, epoch, steps=None):
+    """Raises `TrainingDiverged` (at the end of ``epoch``, 1-based, of ``steps`` steps)
+    when a loss in ``logs`` or a weight of ``model`` is NaN or infinite."""
     logs = logs or {}
     for key in ("loss", "val_loss"):
         if key in logs and _non_finite(logs[key]):
-            raise TrainingDiverged(epoch, None, None, _lr(model), f"{key} {float(logs[key])}")
+            raise TrainingDiverged(epoch, None, steps, _lr(model), f"{key} {float(logs[key])}")
     for variable in model.weights:
         if not np.isfinite(keras.ops.convert_to_numpy(variable)).all():
-            raise TrainingDiverged(epoch, None, None, _lr(model), f"weights of {variable.path} not finite")
+            raise TrainingDiverged(epoch, None, steps, _lr(model), f"weights of {variable.path} not finite")
 
 
 # The training state, each epoch ---------------------------------------------------
@@ -279,7 +280,7 @@ class RunCheckpoint(keras.callbacks.Callback):
         self.best = min(best) if best else float("inf")
 
     def on_epoch_end(self, epoch, logs=None):
-        check_finite(self.model, logs, epoch + 1)  # a diverged epoch is never saved
+        check_finite(self.model, logs, epoch + 1, (self.params or {}).get("steps"))  # never saved
         row = {"epoch": epoch + 1}
         row.update({k: float(v) for k, v in (logs or {}).items()})
         self.history.append(row)

@@ -11,10 +11,30 @@ Run the same command again to resume a killed run. See README.md for every flag.
 
 import argparse
 import os
+import shlex
 import sys
 from pathlib import Path
 
 PRESETS = ("paper", "original", "caffe", "tiny")
+
+EXIT_BAD_INPUT = 2  # bad flags or data, another run's directory, a locked or damaged run
+EXIT_DIVERGED = 3  # the loss became NaN / inf; nothing of that epoch was saved
+EXIT_WRITE_FAILED = 4  # a file could not be written (full disk, read-only, quota)
+
+EPILOG = f"""exit status:
+  0  the run finished
+  {EXIT_BAD_INPUT}  bad flags or data; a run with another configuration in --output-dir; another
+     process is training in --output-dir (it holds OUTPUT_DIR/.lock); a damaged training
+     state with no complete checkpoint left
+  {EXIT_DIVERGED}  the loss became NaN or infinite: training stopped at that step and nothing of
+     that epoch was saved (checkpoint.json, best.keras and last.keras keep the last finite
+     epoch); the message gives a lower --lr and the command that resumes (with
+     --on-divergence recover, a divergence instead restarts from the last good state at a
+     tenth of the rate, at most --max-recoveries times, then exits 3)
+  {EXIT_WRITE_FAILED}  a file could not be written (full disk, read-only directory, quota): no
+     temporary file is left and checkpoint.json names the last whole checkpoint; run the same
+     command again once the disk has room
+"""
 
 
 def positive_int(text):
@@ -45,7 +65,8 @@ def int_list(text):
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, epilog=EPILOG,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     d = p.add_argument_group("data")
     d.add_argument("--data-dir", help="ImageNet-style folder (with train/ and val/), or the TFDS data dir with --tfds. "
                    "Without it and --tfds: the built-in synthetic dataset.")
@@ -97,6 +118,11 @@ def parse_args(argv=None):
     s.add_argument("--devices", help="two devices for the towers, e.g. /GPU:0,/GPU:1 (default: two GPUs if present)")
     s.add_argument("--strategy", choices=("auto", "default", "mirrored", "multi-worker"), default="auto")
     s.add_argument("--max-steps-per-epoch", type=positive_int, help="cap steps per epoch (smoke runs)")
+    s.add_argument("--on-divergence", choices=("stop", "recover"), default="stop",
+                   help="when the loss becomes NaN/inf: stop (exit 3), or recover: go back to the last good "
+                        "checkpoint (or the initial weights) with the learning rate / 10 (default: stop)")
+    s.add_argument("--max-recoveries", type=positive_int, default=3,
+                   help="with --on-divergence recover: at most this many recoveries in the run (default 3)")
     s.add_argument("--quiet", action="store_true", help="no progress bars")
     s.add_argument("--verbose", action="store_true",
                    help="show TensorFlow's C++ start-up logs (hidden unless TF_CPP_MIN_LOG_LEVEL is set)")
@@ -156,7 +182,8 @@ def main(argv=None):
             output_dir=output_dir, precision=args.precision, xla={"auto": "auto", "on": True, "off": False}[args.xla],
             steps_per_execution=args.steps_per_execution, grouping=args.grouping, devices=args.devices,
             strategy=args.strategy, stats_max_images=args.stats_max_images,
-            max_steps_per_epoch=args.max_steps_per_epoch, verbose=0 if args.quiet else 1)
+            max_steps_per_epoch=args.max_steps_per_epoch, verbose=0 if args.quiet else 1,
+            on_divergence=args.on_divergence, max_recoveries=args.max_recoveries)
         description = {"data_dir": str(data_dir), "tfds": args.tfds, "train_split": args.train_split,
                        "val_split": args.val_split, "class_index": train_source.class_index, "preset": preset}
     except (ValueError, FileNotFoundError) as e:  # bad paths, bad data, bad values
@@ -165,11 +192,61 @@ def main(argv=None):
 
     try:
         summary = training.train(recipe, train_source, val_source, settings, args.stats, description, strategy)
-    except runs.ConfigMismatchError as e:
+    except training.TrainingDiverged as e:
+        argv = list(sys.argv[1:] if argv is None else argv)
+        print(divergence_message(e, argv, recipe.learning_rate), file=sys.stderr)
+        return EXIT_DIVERGED
+    except runs.RunWriteError as e:
         print(f"train.py: error: {e}", file=sys.stderr)
-        return 2
+        return EXIT_WRITE_FAILED
+    except runs.RunError as e:  # another configuration, a locked or damaged run directory
+        print(f"train.py: error: {e}", file=sys.stderr)
+        return EXIT_BAD_INPUT
     print("\n" + training.format_summary(summary))
     return 0
+
+
+def command_with(argv, **flags):
+    """``python train.py ARGV`` as a shell command, with ``flags`` (``output_dir="X"`` for
+    ``--output-dir X``) replacing the same flags of ``argv``."""
+    names = {f"--{k.replace('_', '-')}": v for k, v in flags.items()}
+    out, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+            continue
+        name = arg.split("=", 1)[0]
+        if name in names:
+            skip = "=" not in arg
+            continue
+        out.append(arg)
+    for name, value in names.items():
+        out += [name, str(value)]
+    return shlex.join(["python", "train.py", *out])
+
+
+def divergence_message(error, argv, base_lr):
+    """What train.py prints when the loss became non-finite: where, at what rate, what
+    was kept, and the commands to try."""
+    run_dir = error.run_dir
+    lower = float(f"{base_lr / 10:.3g}")  # --lr is the initial rate
+    fresh_dir = f"{str(run_dir).rstrip('/')}-lr{lower:g}"
+    lines = [f"train.py: error: {error}"
+             + (f", after {error.recoveries} recoveries (--max-recoveries)." if error.recoveries else "."),
+             f"Nothing of epoch {error.epoch} was saved."]
+    if error.last_good_epoch:
+        lines.append(f"{run_dir}/checkpoint.json, best.keras and last.keras still hold the last finite "
+                     f"state (epoch {error.last_good_epoch}).")
+    else:
+        lines.append(f"No model was written to {run_dir}: the first epoch diverged.")
+    lines += ["What to try: a lower learning rate (--lr), 10x lower, in a new run directory (the "
+              "rate is part of the run's configuration):",
+              f"  {command_with(argv, lr=f'{lower:g}', output_dir=fresh_dir)}"]
+    if error.last_good_epoch:
+        lines += [f"or resume this run from its last good checkpoint (epoch {error.last_good_epoch}), "
+                  "dividing the rate by 10 whenever it diverges:",
+                  f"  {command_with(argv, on_divergence='recover')}"]
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

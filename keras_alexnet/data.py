@@ -58,6 +58,12 @@ optional `SkipCounter`; `SkipReport` prints the count at the end of every epoch.
 without an image extension are left out when the folder is listed and are listed in
 ``Source.non_image_files``. Structural problems (missing split, empty class folder,
 unknown wnid, no images) raise a `DatasetError` naming the path before any training.
+
+Images that would exhaust memory (decompression bombs: a small file whose header says
+30,000 x 30,000 would decode into 2.7 GB) are refused before decoding: `image_size`
+reads the size from the header (JPEG, PNG, GIF, BMP) and `decode_image` raises, like
+for an undecodable file, when it exceeds `MAX_IMAGE_PIXELS`; in a pipeline the file is
+dropped and counted by the `SkipCounter`.
 """
 
 from __future__ import annotations
@@ -514,20 +520,97 @@ def load_source(
 # ---------------------------------------------------------------------------------------
 # Per-image preprocessing: pure TF, eager or inside tf.data.Dataset.map.
 
+# The largest image decoded: Pillow's default ``Image.MAX_IMAGE_PIXELS`` (its
+# decompression-bomb limit, 1024 * 1024 * 1024 // 4 // 3), e.g. 10,000 x 8,947. Decoded
+# as RGB uint8 that is 268 MB, and the float resize several times that, per image and
+# per parallel map call. ImageNet's largest training photos (a few thousand pixels a
+# side) are far below; a 30,000 x 30,000 header (2.7 GB) is refused.
+MAX_IMAGE_PIXELS = 89_478_485
+
+
+def _header_bytes(encoded, offset, length):
+    """int64 bytes ``encoded[offset:offset + length]`` (zero-padded if the data is shorter)."""
+    raw = tf.io.decode_raw(tf.strings.substr(encoded, offset, length), tf.uint8)
+    raw = tf.pad(raw, [[0, length - tf.shape(raw)[0]]])
+    return tf.reshape(tf.cast(raw, tf.int64), [length])
+
+
+def _uint(raw, little_endian):
+    weights = [256 ** i for i in range(raw.shape[0])]
+    return tf.reduce_sum(raw * tf.constant(weights if little_endian else weights[::-1], tf.int64))
+
+
+def image_size(encoded):
+    """``(height, width)`` of encoded image bytes, read from the header, never decoded.
+
+    JPEG: `tf.io.extract_jpeg_shape` (the SOF marker). PNG: the IHDR chunk (bytes
+    16-24, big-endian). GIF: the logical screen (bytes 6-10, little-endian). BMP: the
+    info header (bytes 18-26, little-endian; a negative height is a top-down bitmap).
+    Anything else gives ``(0, 0)``: unknown here, left to the decoder.
+
+    Args:
+        encoded: scalar string tensor of encoded image bytes.
+
+    Returns:
+        int64 tensor ``(2,)``. Raises `tf.errors.InvalidArgumentError` for a JPEG whose
+        header cannot be parsed (it could not be decoded either).
+    """
+    magic = tf.strings.substr(encoded, 0, 8)
+
+    def jpeg():
+        return tf.cast(tf.io.extract_jpeg_shape(encoded)[:2], tf.int64)
+
+    def png():
+        return tf.stack([_uint(_header_bytes(encoded, 20, 4), False), _uint(_header_bytes(encoded, 16, 4), False)])
+
+    def gif():
+        return tf.stack([_uint(_header_bytes(encoded, 8, 2), True), _uint(_header_bytes(encoded, 6, 2), True)])
+
+    def bmp():
+        signed = lambda v: tf.abs(tf.where(v >= 2 ** 31, v - 2 ** 32, v))  # noqa: E731
+        return tf.stack([signed(_uint(_header_bytes(encoded, 22, 4), True)),
+                         signed(_uint(_header_bytes(encoded, 18, 4), True))])
+
+    return tf.case([
+        (tf.equal(tf.strings.substr(magic, 0, 3), b"\xff\xd8\xff"), jpeg),
+        (tf.equal(magic, b"\x89PNG\r\n\x1a\n"), png),
+        (tf.equal(tf.strings.substr(magic, 0, 4), b"GIF8"), gif),
+        (tf.equal(tf.strings.substr(magic, 0, 2), b"BM"), bmp),
+    ], default=lambda: tf.zeros([2], tf.int64), exclusive=False)
+
+
+def check_image_size(encoded, max_pixels=MAX_IMAGE_PIXELS):
+    """``encoded``, after checking that its header's ``height * width <= max_pixels``.
+
+    Raises:
+        tf.errors.InvalidArgumentError: a larger image (inside tf.data: dropped by
+        ``ignore_errors`` and counted as skipped, like an undecodable file).
+    """
+    size = image_size(encoded)
+    check = tf.debugging.assert_less_equal(
+        size[0] * size[1], tf.constant(max_pixels, tf.int64),
+        message=f"image larger than MAX_IMAGE_PIXELS={max_pixels} (height, width in the header)",
+        summarize=2)
+    with tf.control_dependencies([check]):
+        return tf.identity(encoded)
+
 
 def decode_image(encoded):
     """Decodes JPEG / PNG / GIF / BMP bytes by content to RGB.
 
     Grayscale becomes RGB by repetition, CMYK JPEGs are converted by the decoder, a GIF
-    gives its first frame.
+    gives its first frame. An image larger than `MAX_IMAGE_PIXELS` (read from its
+    header, `check_image_size`) is refused before anything is decoded.
 
     Args:
         encoded: scalar string tensor of encoded image bytes.
 
     Returns:
         uint8 tensor ``(height, width, 3)``. Raises `tf.errors.InvalidArgumentError`
-        (inside tf.data: an error that `ignore_errors` drops) for undecodable data.
+        (inside tf.data: an error that `ignore_errors` drops) for undecodable data and
+        for images over the pixel limit.
     """
+    encoded = check_image_size(encoded)
     image = tf.io.decode_image(encoded, channels=3, expand_animations=False)
     image.set_shape([None, None, 3])
     return image

@@ -32,17 +32,26 @@ RGB pixel units, ``channel_order``, provenance), and ``mean_image.npy`` when it
 subtracts a mean image.
 
 Every write is atomic (a temporary file, fsync, rename): a reader, or a run killed at
-any moment, sees the old file or the new one, whole.
+any moment, sees the old file or the new one, whole. A write that fails (a full disk,
+a read-only directory, a quota) raises `RunWriteError` naming the path, and leaves no
+temporary file behind.
+
+One writer per run directory: ``train.py`` holds `RunLock` (``RUN/.lock``) for the
+whole run; readers (evaluate.py, the figures, the notebooks) take no lock and may read
+a run that is being trained.
 """
 
 from __future__ import annotations
 
 import csv
 import dataclasses
+import errno
+import fcntl
 import functools
 import io
 import json
 import os
+import re
 import shutil
 import zipfile
 from pathlib import Path
@@ -66,6 +75,8 @@ BEST_MODEL = "best.keras"
 LAST_MODEL = "last.keras"
 CONVERTED_MODEL = "model.keras"
 MEAN_IMAGE_FILE = "mean_image.npy"
+LOCK_FILE = ".lock"  # held by the one process writing the run (`RunLock`)
+WORKERS_DIR = "workers"  # RUN/workers/<i>: what non-chief workers write
 # A directory's models, in the order `find_model` tries them.
 MODEL_FILES = (BEST_MODEL, LAST_MODEL, CONVERTED_MODEL)
 MONITOR = "val_top1_error"  # what decides best.keras (lower is better)
@@ -91,6 +102,39 @@ class ConfigMismatchError(RunError):
     """Resuming a run directory with another configuration than it was started with."""
 
 
+class RunLockedError(RunError):
+    """Another live process is writing the run directory (it holds `RunLock`)."""
+
+
+class DamagedStateError(RunError):
+    """The training state of a run cannot be used, and no complete checkpoint is left
+    to fall back on (the message names the damaged files and what to do)."""
+
+
+class RunWriteError(RunError, OSError):
+    """A file of a run could not be written: a full disk, a read-only directory, a quota.
+
+    Attributes:
+        path: the file (or directory) that could not be written.
+        errno: the `errno` of the underlying `OSError`.
+    """
+
+    def __init__(self, path, error):
+        self.path = Path(path)
+        code = getattr(error, "errno", None)
+        hint = {
+            errno.ENOSPC: "the disk is full: free some space",
+            errno.EDQUOT: "the disk quota is exceeded: free some space",
+            errno.EROFS: "the file system is read-only: pass a writable --output-dir",
+            errno.EACCES: "permission denied: make the directory writable or pass another --output-dir",
+            errno.EPERM: "permission denied: make the directory writable or pass another --output-dir",
+        }.get(code, "check the disk")
+        reason = getattr(error, "strerror", None) or str(error)
+        super().__init__(f"Cannot write {self.path}: {reason} ({hint}, then run the same "
+                         "command again to resume).")
+        self.errno = code
+
+
 # ---------------------------------------------------------------------------------------
 # Atomic writers
 
@@ -103,22 +147,44 @@ def fsync_dir(path):
         return
     try:
         os.fsync(fd)
+    except OSError:
+        pass  # some file systems refuse to fsync a directory; the rename itself is done
     finally:
         os.close(fd)
 
 
+class _write_errors:
+    """Turns an `OSError` raised while writing ``path`` into a `RunWriteError`."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, kind, error, tb):
+        if isinstance(error, OSError) and not isinstance(error, RunWriteError):
+            raise RunWriteError(self.path, error) from error
+        return False
+
+
 def _atomic(path, write, tmp_name):
-    """``write(tmp)``, fsync, rename onto ``path``; the temporary file never stays behind."""
+    """``write(tmp)``, fsync, rename onto ``path``; the temporary file never stays behind.
+
+    Raises:
+        RunWriteError: the file could not be written (names it; the temporary file is gone).
+    """
     path = Path(path)
     tmp = path.with_name(tmp_name)
-    try:
-        write(tmp)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    fsync_dir(path.parent)
+    with _write_errors(path):
+        try:
+            write(tmp)
+            with open(tmp, "rb") as f:
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
+        fsync_dir(path.parent)
 
 
 def atomic_write_text(path, text):
@@ -141,16 +207,17 @@ def atomic_link_or_copy(src, dst):
     """``dst`` becomes a hard link to ``src`` (a copy where links are impossible), atomically."""
     dst = Path(dst)
     tmp = dst.with_name(f".tmp-{dst.name}")
-    tmp.unlink(missing_ok=True)
-    try:
-        try:
-            os.link(src, tmp)
-        except OSError:
-            shutil.copyfile(src, tmp)
-        os.replace(tmp, dst)
-    finally:
+    with _write_errors(dst):
         tmp.unlink(missing_ok=True)
-    fsync_dir(dst.parent)
+        try:
+            try:
+                os.link(src, tmp)
+            except OSError:
+                shutil.copyfile(src, tmp)
+            os.replace(tmp, dst)
+        finally:
+            tmp.unlink(missing_ok=True)
+        fsync_dir(dst.parent)
 
 
 def _read_json(path):
@@ -290,11 +357,12 @@ def write_stats(run_dir, stats):
     (other workers may be reading it)."""
     own = Path(run_dir) / STATS_FILE
     tmp = own.with_name(".tmp-stats.npz")
-    try:
-        stats.save(tmp)
-        os.replace(tmp, own)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with _write_errors(own):
+        try:
+            stats.save(tmp)
+            os.replace(tmp, own)
+        finally:
+            tmp.unlink(missing_ok=True)
 
 
 def load_stats(path):
@@ -364,22 +432,36 @@ def save_training_state(run_dir, model, history, callbacks=None, best=float("inf
     row = history[-1]
     epoch = int(row["epoch"])
     ckpt_dir = run_dir / CHECKPOINTS_DIR
-    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    with _write_errors(ckpt_dir):
+        ckpt_dir.mkdir(parents=True, exist_ok=True)
     stem = f"epoch-{epoch:04d}"
-    atomic_save_model(model, ckpt_dir / f"{stem}.keras")
-    state = {"epoch": epoch, "history": history, "callbacks": callbacks or {}}
-    atomic_write_text(ckpt_dir / f"{stem}.json", json.dumps(state, indent=1))
-    # best.keras and last.keras before the pointer: once the pointer names an epoch,
-    # they include it (a kill right after the pointer must not lose the best model).
-    current = row.get(monitor)
-    if current is not None and current < best:
-        best = current
-        atomic_link_or_copy(ckpt_dir / f"{stem}.keras", run_dir / BEST_MODEL)
-    atomic_link_or_copy(ckpt_dir / f"{stem}.keras", run_dir / LAST_MODEL)
-    write_metrics(run_dir, history)
-    pointer = {"epoch": epoch, "model": f"{CHECKPOINTS_DIR}/{stem}.keras",
-               "state": f"{CHECKPOINTS_DIR}/{stem}.json"}
-    atomic_write_text(run_dir / POINTER_FILE, json.dumps(pointer, indent=1))
+    try:
+        atomic_save_model(model, ckpt_dir / f"{stem}.keras")
+        state = {"epoch": epoch, "history": history, "callbacks": callbacks or {}}
+        atomic_write_text(ckpt_dir / f"{stem}.json", json.dumps(state, indent=1))
+        # best.keras and last.keras before the pointer: once the pointer names an epoch,
+        # they include it (a kill right after the pointer must not lose the best model).
+        current = row.get(monitor)
+        if current is not None and current < best:
+            best = current
+            atomic_link_or_copy(ckpt_dir / f"{stem}.keras", run_dir / BEST_MODEL)
+        atomic_link_or_copy(ckpt_dir / f"{stem}.keras", run_dir / LAST_MODEL)
+        write_metrics(run_dir, history)
+        pointer = {"epoch": epoch, "model": f"{CHECKPOINTS_DIR}/{stem}.keras",
+                   "state": f"{CHECKPOINTS_DIR}/{stem}.json"}
+        atomic_write_text(run_dir / POINTER_FILE, json.dumps(pointer, indent=1))
+    except RunWriteError:
+        # A failed write (full disk): the pointer still names the previous pair. This
+        # epoch's own files go, to give the space back and leave nothing half-done;
+        # best.keras / last.keras, if already linked, are whole models either way.
+        try:
+            named = json.loads((run_dir / POINTER_FILE).read_text()).get("model")
+        except (OSError, ValueError, AttributeError):
+            named = None
+        if named != f"{CHECKPOINTS_DIR}/{stem}.keras":  # never the pair the pointer names
+            for name in (f"{stem}.keras", f"{stem}.json"):
+                (ckpt_dir / name).unlink(missing_ok=True)
+        raise
     for old in ckpt_dir.glob("epoch-*"):
         if not old.name.startswith(stem):
             old.unlink(missing_ok=True)
@@ -389,17 +471,231 @@ def save_training_state(run_dir, model, history, callbacks=None, best=float("inf
 def read_training_state(run_dir):
     """The training state of ``run_dir``, or None when it has none (a new run).
 
+    `find_training_state` without its notes (they are printed).
+
     Raises:
-        RunError: the pointer or state file is damaged (names the file).
+        DamagedStateError: no complete checkpoint is left (names the files).
+    """
+    state, notes = find_training_state(run_dir)
+    for note in notes:
+        print(note, flush=True)
+    return state
+
+
+_CKPT_PATTERN = re.compile(r"^epoch-(\d{4,})\.json$")
+
+
+def _check_model_file(path):
+    """Raises `RunError` unless ``path`` is a whole ``.keras`` archive (its CRCs checked:
+    a torn or truncated file fails; the model itself is loaded by the resume)."""
+    if not path.is_file():
+        raise RunError(f"{path} does not exist")
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = set(archive.namelist())
+            bad = archive.testzip()
+    except (OSError, zipfile.BadZipFile, EOFError) as e:
+        raise RunError(f"{path} is not a whole .keras archive ({type(e).__name__}: {e})") from e
+    if bad is not None:
+        raise RunError(f"{path} is damaged (bad CRC in {bad})")
+    if "config.json" not in names:
+        raise RunError(f"{path} is not a Keras model archive (no config.json inside)")
+
+
+def _parse_state(path, model_path):
+    """A `TrainingState` from ``checkpoints/epoch-NNNN.json``, every field checked."""
+    state = _read_json(path)
+    try:
+        if not isinstance(state, dict):
+            raise TypeError(f"a JSON object, got {type(state).__name__}")
+        epoch, history, callbacks = state["epoch"], state["history"], state["callbacks"]
+        if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 1:
+            raise TypeError(f"'epoch' must be a positive integer, got {epoch!r}")
+        if not isinstance(history, list) or not all(isinstance(r, dict) for r in history):
+            raise TypeError("'history' must be a list of objects (one per epoch)")
+        epochs = [r.get("epoch") for r in history]
+        if epochs != list(range(1, epoch + 1)):
+            raise ValueError(f"'history' holds epochs {epochs}, expected 1..{epoch}")
+        if not isinstance(callbacks, dict):
+            raise TypeError("'callbacks' must be an object")
+        # The state of the training callbacks (keras_alexnet.training): name -> its numbers.
+        for name, keys in (("plateau", ("best", "wait", "reductions")), ("steps", ("scale",)),
+                           ("divergence", ("recoveries",))):
+            part = callbacks.get(name)
+            if part is None:
+                continue
+            if not isinstance(part, dict):
+                raise TypeError(f"'callbacks.{name}' must be an object")
+            for key in keys:
+                value = part[key]
+                if isinstance(value, bool) or not isinstance(value, (int, float)):
+                    raise TypeError(f"'callbacks.{name}.{key}' must be a number, got {value!r}")
+    except KeyError as e:
+        raise RunError(f"{path} lacks the key {e}") from e
+    except (TypeError, ValueError) as e:
+        raise RunError(f"{path}: {e}") from e
+    _check_model_file(model_path)
+    return TrainingState(model_path=model_path, epoch=epoch, history=history, callbacks=callbacks)
+
+
+def _from_pointer(run_dir):
+    pointer = run_dir / POINTER_FILE
+    ptr = _read_json(pointer)
+    try:
+        model, state = Path(ptr["model"]), Path(ptr["state"])
+        epoch = ptr["epoch"]
+    except (KeyError, TypeError) as e:
+        raise RunError(f"{pointer} lacks the key {e}") from e
+    for part in (model, state):
+        if part.is_absolute() or ".." in part.parts:
+            raise RunError(f"{pointer} names {part}, outside {run_dir}")
+    found = _parse_state(run_dir / state, run_dir / model)
+    if found.epoch != epoch:
+        raise RunError(f"{pointer} says epoch {epoch!r} but {run_dir / state} holds epoch {found.epoch}")
+    return found
+
+
+def find_training_state(run_dir):
+    """What resumes ``run_dir``: the checkpoint ``checkpoint.json`` names, else the
+    newest complete checkpoint pair, with notes for the console.
+
+    What is trusted, in this order:
+
+    1. ``checkpoint.json`` and the pair it names, when every part checks: the pointer
+       and ``checkpoints/epoch-NNNN.json`` parse, hold the keys with the right types
+       (``epoch`` a positive int matching the pointer's, ``history`` one row per epoch
+       1..N, the plateau state numbers), and ``epoch-NNNN.keras`` is a whole archive;
+    2. otherwise (a damaged, hand-edited or missing pointer, or one naming a missing or
+       torn file) the newest ``checkpoints/epoch-NNNN.{json,keras}`` pair that checks
+       the same way; a note names the damaged file and the checkpoint used;
+    3. otherwise, if anything was damaged, `DamagedStateError`: nothing is resumed from
+       ``best.keras`` / ``last.keras``, which lack the optimizer state (momentum, rate)
+       and the schedule's state, so a "resume" from them would be another run.
+
+    The history is never rebuilt from ``metrics.csv``: the callback state is not there.
+
+    Returns:
+        ``(state or None, notes)``: None (and no notes) for a new run (no pointer, no
+        checkpoint); ``notes`` is a list of sentences.
+
+    Raises:
+        DamagedStateError: a damaged state with no complete checkpoint to fall back on.
     """
     run_dir = Path(run_dir)
     pointer = run_dir / POINTER_FILE
-    if not pointer.is_file():
-        return None
-    ptr = _read_json(pointer)
-    state = _read_json(run_dir / ptr["state"])
-    return TrainingState(model_path=run_dir / ptr["model"], epoch=int(state["epoch"]),
-                         history=list(state["history"]), callbacks=dict(state["callbacks"]))
+    ckpt_dir = run_dir / CHECKPOINTS_DIR
+    pairs = sorted(((int(m.group(1)), ckpt_dir / m.group(0)) for m in
+                    (_CKPT_PATTERN.match(p.name) for p in (ckpt_dir.iterdir() if ckpt_dir.is_dir() else []))
+                    if m), reverse=True)
+    problems = []
+    if pointer.exists():
+        try:
+            return _from_pointer(run_dir), []
+        except RunError as e:
+            problems.append(str(e))
+    elif not pairs:
+        return None, []
+    else:
+        problems.append(f"{pointer} is missing")
+    for epoch, state_path in pairs:
+        try:
+            state = _parse_state(state_path, state_path.with_suffix(".keras"))
+        except RunError as e:
+            problems.append(str(e))
+            continue
+        if state.epoch != epoch:
+            problems.append(f"{state_path} holds epoch {state.epoch}")
+            continue
+        notes = [f"Note: the training state is damaged: {'; '.join(problems)}.",
+                 f"Note: resuming from the newest complete checkpoint instead: "
+                 f"{state.model_path} (epoch {state.epoch}); {pointer} is rewritten after "
+                 "the next epoch."]
+        return state, notes
+    raise DamagedStateError(
+        f"Cannot resume {run_dir}: its training state is damaged ({'; '.join(problems)}) and "
+        f"no complete checkpoint is left in {ckpt_dir}. Restore the damaged file if you have a "
+        f"copy; else start again with another --output-dir (or delete {run_dir}). Its "
+        f"{BEST_MODEL} / {LAST_MODEL}, if present, still load with evaluate.py.")
+
+
+# ---------------------------------------------------------------------------------------
+# One writer per run directory
+
+
+class RunLock:
+    """The lock of the one process that writes a run directory (`lock_run`).
+
+    An exclusive `fcntl.flock` on ``RUN/.lock``, which holds the owner's PID as text
+    (for the message of the second writer). The OS releases the lock when the process
+    dies, however it dies (SIGKILL included), so a lock is never stale; the file itself
+    stays (unlinking it would race with a process that just opened it). ``flock`` is
+    local to a machine (on NFS Linux emulates it with byte-range locks, which work
+    where the server supports locking).
+
+    Multi-worker training: the chief locks ``RUN``; the worker of index ``i`` (which
+    writes ``RUN/workers/<i>``) locks ``RUN/workers/<i>``. So two runs on one directory
+    collide on the chief's lock, and a stray second worker ``i`` on worker i's.
+    Readers (evaluate.py, figures, notebooks) take no lock.
+
+    Args:
+        run_dir: the directory to lock (created if needed).
+
+    Raises (on entering):
+        RunLockedError: another live process holds the lock (names the directory and
+            its PID).
+        RunWriteError: the directory or lock file cannot be created.
+    """
+
+    def __init__(self, run_dir):
+        self.run_dir = Path(run_dir)
+        self.path = self.run_dir / LOCK_FILE
+        self._fd = None
+
+    def acquire(self):
+        with _write_errors(self.run_dir):
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            try:
+                holder = os.read(fd, 64).decode(errors="replace").strip() or "unknown"
+            finally:
+                os.close(fd)
+            raise RunLockedError(
+                f"{self.run_dir} is being written by another process (PID {holder}, which holds "
+                f"{self.path}). Wait for it to finish, stop it, or pass another --output-dir.") from None
+        except OSError as e:
+            os.close(fd)
+            raise RunWriteError(self.path, e) from e
+        try:
+            os.ftruncate(fd, 0)
+            os.write(fd, f"{os.getpid()}\n".encode())
+        except OSError:
+            pass  # the lock holds without the PID text (a full disk): the message says "unknown"
+        self._fd = fd
+        return self
+
+    def release(self):
+        if self._fd is not None:
+            try:
+                os.ftruncate(self._fd, 0)
+            except OSError:
+                pass
+            os.close(self._fd)  # closing the last descriptor releases the flock
+            self._fd = None
+
+    def __enter__(self):
+        return self.acquire()
+
+    def __exit__(self, *exc):
+        self.release()
+        return False
+
+
+def lock_run(run_dir):
+    """``with lock_run(run_dir):`` holds `RunLock` of ``run_dir`` for the block."""
+    return RunLock(run_dir)
 
 
 # ---------------------------------------------------------------------------------------

@@ -1,5 +1,9 @@
 """The paper's training recipe (§5) on `model.fit`, with runs that survive a kill.
 
+A run that diverges (a non-finite loss) stops at once with `TrainingDiverged`, before
+anything of the diverged epoch is saved: the resume pointer, ``best.keras`` and
+``last.keras`` keep naming the last finite epoch.
+
 `train(...)` is what ``python train.py`` runs. What it writes into the run directory,
 and how each file is written so that a kill at any moment loses nothing, is
 `keras_alexnet.runs`' business; this module builds, compiles and fits the model, and
@@ -8,12 +12,14 @@ hands `keras_alexnet.runs` the config, statistics, training state and summary.
 
 import dataclasses
 import json
+import math
 import os
 import time
 import warnings
 from pathlib import Path
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 from keras_alexnet import data as data_lib
@@ -116,16 +122,24 @@ class PlateauSchedule(keras.callbacks.Callback):
 class StepSchedule(keras.callbacks.Callback):
     """Multiplies the base rate by ``factor`` at each of ``steps`` (0-based epochs).
 
-    The rate of epoch ``e`` is ``base * factor ** len([s for s in steps if s <= e])``,
-    a pure function of the epoch, so a resumed run needs no state.
+    The rate of epoch ``e`` is ``scale * base * factor ** len([s for s in steps if s <= e])``,
+    a pure function of the epoch; ``scale`` (1, or 0.1 per recovery from a divergence) is
+    its only state.
     """
 
     def __init__(self, base, steps, factor=0.1):
         super().__init__()
         self.base, self.steps, self.factor = base, tuple(steps), factor
+        self.scale = 1.0  # divided by 10 by each recovery from a divergence (saved)
+
+    def get_state(self):
+        return {"scale": self.scale}
+
+    def set_state(self, state):
+        self.scale = float(state["scale"])
 
     def rate(self, epoch):
-        return self.base * self.factor ** sum(1 for s in self.steps if s <= epoch)
+        return self.scale * self.base * self.factor ** sum(1 for s in self.steps if s <= epoch)
 
     def on_epoch_begin(self, epoch, logs=None):
         _set_lr(self.model, self.rate(epoch))
@@ -141,6 +155,98 @@ class EpochInfo(keras.callbacks.Callback):
         if logs is not None:
             logs["lr"] = self._lr
             logs["seconds"] = time.time() - self._start
+
+
+# Divergence ----------------------------------------------------------------------------
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss (or the weights) became NaN or infinite; nothing of the epoch was saved.
+
+    Attributes:
+        epoch: the 1-based epoch.
+        step: the 1-based step in the epoch, or None when found at the end of the epoch.
+        steps: steps per epoch (or None).
+        learning_rate: the rate when it diverged.
+        what: what was not finite, in words (``"loss nan"``).
+        run_dir: the run directory (set by `train`).
+        last_good_epoch: the epoch the resume pointer names, or None when no epoch was
+            saved (set by `train`).
+        recoveries: recoveries made before this divergence (``--on-divergence recover``).
+    """
+
+    def __init__(self, epoch, step, steps, learning_rate, what):
+        self.epoch, self.step, self.steps = epoch, step, steps
+        self.learning_rate, self.what = learning_rate, what
+        self.run_dir = None
+        self.last_good_epoch = None
+        self.recoveries = 0
+        if step is not None:
+            where = f"at step {step}" + (f" of {steps}" if steps else "") + f" of epoch {epoch}"
+        else:  # found by the end-of-epoch check: the last step made the weights non-finite
+            where = f"at the end of epoch {epoch}" + (f" (after step {steps} of {steps})" if steps else "")
+        super().__init__(f"training diverged: {what} {where} (learning rate {learning_rate:.3g})")
+
+
+RECOVERY_FACTOR = 0.1  # --on-divergence recover: the rate after a divergence, times this
+
+
+def _non_finite(value):
+    try:
+        return not math.isfinite(float(value))
+    except (TypeError, ValueError):
+        return False
+
+
+class DivergenceGuard(keras.callbacks.Callback):
+    """Stops training with `TrainingDiverged` at the first step whose loss is not finite.
+
+    Why every step and not at the end of the epoch: an ImageNet epoch is hours, and a
+    NaN is final (the logged loss is the running mean of the epoch, so it stays NaN);
+    stopping within the step saves the rest of the epoch and its validation. Raising
+    (rather than ``stop_training``) also keeps Keras from running the validation and
+    the ``on_epoch_end`` of the other callbacks, so nothing of a diverged epoch is
+    saved. `SaveTrainingState` checks the loss and the weights once more before it writes
+    (a last step that made the weights NaN logs a finite loss).
+
+    ``async_safe``: Keras may run this in a worker thread, so the check costs the
+    training loop nothing; the error then surfaces at the next step (the step number
+    reported is the one that diverged).
+    """
+
+    async_safe = True
+
+    def __init__(self):
+        super().__init__()
+        self.epoch = 0
+        self.recoveries = 0  # recoveries so far (``--on-divergence recover``), saved with the run
+
+    def get_state(self):
+        return {"recoveries": self.recoveries}
+
+    def set_state(self, state):
+        self.recoveries = int(state["recoveries"])
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch = epoch + 1
+
+    def on_train_batch_end(self, batch, logs=None):
+        loss = (logs or {}).get("loss")
+        if loss is not None and _non_finite(loss):
+            raise TrainingDiverged(self.epoch, batch + 1, (self.params or {}).get("steps"),
+                                   _lr(self.model), f"loss {float(loss)}")
+
+
+def check_finite(model, logs, epoch, steps=None):
+    """Raises `TrainingDiverged` (at the end of ``epoch``, 1-based, of ``steps`` steps)
+    when a loss in ``logs`` or a weight of ``model`` is NaN or infinite."""
+    logs = logs or {}
+    for key in ("loss", "val_loss"):
+        if key in logs and _non_finite(logs[key]):
+            raise TrainingDiverged(epoch, None, steps, _lr(model), f"{key} {float(logs[key])}")
+    for variable in model.weights:
+        if not np.isfinite(keras.ops.convert_to_numpy(variable)).all():
+            raise TrainingDiverged(epoch, None, steps, _lr(model), f"weights of {variable.path} not finite")
 
 
 # The training state, each epoch ---------------------------------------------------
@@ -173,6 +279,7 @@ class SaveTrainingState(keras.callbacks.Callback):
         self.best = min(best) if best else float("inf")
 
     def on_epoch_end(self, epoch, logs=None):
+        check_finite(self.model, logs, epoch + 1, (self.params or {}).get("steps"))  # never saved
         row = {"epoch": epoch + 1}
         row.update({k: float(v) for k, v in (logs or {}).items()})
         self.history.append(row)
@@ -320,15 +427,17 @@ class RunSettings:
     stats_max_images: int = 50_000
     max_steps_per_epoch: int = None
     verbose: int = 1
+    on_divergence: str = "stop"  # "stop" (raise TrainingDiverged) or "recover" (last good state, rate / 10)
+    max_recoveries: int = 3  # "recover": at most this many times in the whole run
 
 
 def _prepare_stats(train_source, recipe, run_dir, stats_path, max_images, is_chief):
     """Loads ``stats_path``, the run's own ``stats.npz``, or computes and saves it."""
     own = run_dir / runs.STATS_FILE
     if stats_path:
-        stats = stats_lib.load_stats(stats_path)
+        stats = runs.load_stats(stats_path)
     elif own.is_file():
-        stats = stats_lib.load_stats(own)
+        stats = runs.load_stats(own)
     else:
         if recipe.mean == "none" and not recipe.pca_stddev:
             return None
@@ -419,9 +528,14 @@ def train(recipe, train_source, val_source, settings, stats_path=None, data_desc
 
     Returns:
         The dict also written to ``summary.json``.
+
+    Raises:
+        keras_alexnet.runs.RunLockedError: another process is training in the directory.
+        keras_alexnet.runs.RunWriteError: a file could not be written (a full disk).
+        keras_alexnet.runs.RunError: a damaged run directory without a checkpoint to use.
+        TrainingDiverged: the loss became non-finite (nothing of that epoch is saved).
     """
     run_dir = Path(settings.output_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
     if settings.precision == "auto":
         settings = dataclasses.replace(settings, precision=choose_precision())
         print(f"Precision: {settings.precision} (chosen for this hardware; --precision to override).", flush=True)
@@ -438,7 +552,16 @@ def train(recipe, train_source, val_source, settings, stats_path=None, data_desc
         keras_compat.patch_multi_worker_reduce()
     if recipe.batch_size % num_workers:
         raise ValueError(f"batch size {recipe.batch_size} is not divisible by {num_workers} workers.")
+    # One writer per directory (`keras_alexnet.runs.RunLock`), taken before anything is
+    # written: the chief locks the run, worker i its own RUN/workers/<i>.
+    own_dir = run_dir if is_chief else run_dir / runs.WORKERS_DIR / str(worker_index)
+    with runs.lock_run(own_dir):
+        return _train_locked(recipe, train_source, val_source, settings, stats_path, data_description,
+                             strategy, run_dir, num_workers, worker_index, is_chief)
 
+
+def _train_locked(recipe, train_source, val_source, settings, stats_path, data_description,
+                  strategy, run_dir, num_workers, worker_index, is_chief):
     config = {
         "recipe": recipe.to_dict(),
         "data": data_description or {"train": train_source.location, "val": val_source.location},
@@ -460,35 +583,107 @@ def train(recipe, train_source, val_source, settings, stats_path=None, data_desc
         model = build_model(recipe, train_source.num_classes, settings.grouping, settings.devices)
         compile_model(model, recipe, settings)
 
-    plateau = None
-    callbacks = [EpochInfo()]
+    plateau = steps_schedule = None
+    guard = DivergenceGuard()
+    callbacks = [EpochInfo(), guard]
     if recipe.schedule == "plateau":
         plateau = PlateauSchedule(MONITOR, recipe.lr_factor, recipe.plateau_patience, recipe.max_lr_reductions)
         callbacks.append(plateau)
     elif recipe.schedule == "steps":
-        callbacks.append(StepSchedule(recipe.learning_rate, recipe.lr_steps, recipe.lr_factor))
+        steps_schedule = StepSchedule(recipe.learning_rate, recipe.lr_steps, recipe.lr_factor)
+        callbacks.append(steps_schedule)
     else:
         raise ValueError(f"unknown schedule {recipe.schedule!r}")
+    stateful = {name: cb for name, cb in (("plateau", plateau), ("steps", steps_schedule),
+                                          ("divergence", guard)) if cb is not None}
+    initial = None
+    if settings.on_divergence == "recover":  # the start, should epoch 1 diverge
+        initial = ([w.copy() for w in model.get_weights()], plateau.get_state() if plateau else None)
+
+    def restore(state):
+        """Model, optimizer, history and callback state of a checkpoint; the epoch."""
+        try:
+            with strategy.scope():
+                restore_into(model, state.model_path)
+        except Exception as e:  # a model that passed the archive check but does not load
+            raise runs.DamagedStateError(
+                f"Cannot resume {run_dir} from {state.model_path}: {type(e).__name__}: {e}. Delete "
+                f"{run_dir / runs.POINTER_FILE} and that file to fall back on an older checkpoint, "
+                "or pass another --output-dir.") from e
+        history[:] = state.history
+        for name, cb in stateful.items():
+            if name in state.callbacks and cb is not guard:
+                cb.set_state(state.callbacks[name])
+        return state.epoch
 
     history, initial_epoch = [], 0
-    state = runs.read_training_state(run_dir)
+    state = runs.read_training_state(run_dir)  # prints which checkpoint, if one was damaged
     if state is not None:
-        with strategy.scope():
-            restore_into(model, state.model_path)
-        history, initial_epoch = state.history, state.epoch
-        if plateau is not None and "plateau" in state.callbacks:
-            plateau.set_state(state.callbacks["plateau"])
+        initial_epoch = restore(state)
+        if "divergence" in state.callbacks:
+            guard.set_state(state.callbacks["divergence"])
         print(f"Resuming {run_dir} after epoch {initial_epoch} (learning rate {_lr(model):.3g}).", flush=True)
 
     counter = data_lib.SkipCounter()
     callbacks.append(data_lib.SkipReport(counter, len(train_source.non_image_files)))
-    checkpoint = SaveTrainingState(run_dir, {"plateau": plateau} if plateau else {}, history, MONITOR, is_chief, worker_index)
+    checkpoint = SaveTrainingState(run_dir, stateful, history, MONITOR, is_chief, worker_index)
     # The checkpoint goes after every callback that adds to the logs or changes state.
     callbacks += [checkpoint]
     if is_chief:
         callbacks.append(keras.callbacks.TensorBoard(str(run_dir / runs.TENSORBOARD_DIR), write_graph=False))
 
     start = time.time()
+    while True:
+        try:
+            _fit_phases(model, recipe, settings, train_source, val_source, stats, counter, num_workers,
+                        worker_index, callbacks, initial_epoch)
+            break
+        except TrainingDiverged as e:
+            e.run_dir = run_dir
+            e.last_good_epoch = int(history[-1]["epoch"]) if history else None
+            e.recoveries = guard.recoveries
+            if settings.on_divergence != "recover" or guard.recoveries >= settings.max_recoveries:
+                raise
+            diverged = e
+        # Recovery (--on-divergence recover): back to the last good state, at a tenth of
+        # the lower of its rate and the rate that diverged (so a second divergence from
+        # the same checkpoint goes to a hundredth, and so on).
+        guard.recoveries += 1
+        diverged_lr = _lr(model)
+        diverged_scale = steps_schedule.scale if steps_schedule is not None else 1.0
+        state = runs.read_training_state(run_dir)
+        if state is not None:
+            initial_epoch, where = restore(state), f"epoch {state.epoch} ({state.model_path})"
+        else:  # nothing saved yet: the initial weights, a fresh optimizer and schedule
+            weights, plateau_state = initial
+            model.set_weights(weights)
+            for variable in model.optimizer.variables:
+                variable.assign(keras.ops.zeros_like(variable))
+            _set_lr(model, recipe.learning_rate)
+            if plateau is not None:
+                plateau.set_state(plateau_state)
+            history.clear()
+            initial_epoch, where = 0, "the initial weights"
+        checkpoint.best = min([r[MONITOR] for r in history if r.get(MONITOR) is not None] or [float("inf")])
+        old = min(_lr(model), diverged_lr)
+        _set_lr(model, old * RECOVERY_FACTOR)
+        if steps_schedule is not None:  # it sets the rate every epoch: scale it instead
+            steps_schedule.scale = min(steps_schedule.scale, diverged_scale) * RECOVERY_FACTOR
+        print(f"{diverged}. Recovery {guard.recoveries}/{settings.max_recoveries}: restarting from {where} "
+              f"with learning rate {old:.3g} -> {old * RECOVERY_FACTOR:.3g}.", flush=True)
+    seconds = time.time() - start
+
+    summary = summarize(run_dir, history, train_source, val_source, seconds, counter)
+    summary["data_dir"] = (config["data"] or {}).get("data_dir")
+    if is_chief:
+        summary["curves"] = write_curves(run_dir, history)
+        runs.write_summary(run_dir, summary)
+    return summary
+
+
+def _fit_phases(model, recipe, settings, train_source, val_source, stats, counter, num_workers,
+                worker_index, callbacks, initial_epoch):
+    """`model.fit` from ``initial_epoch`` to the end, one call per data phase."""
     # Phases: the 2012 code switches PCA noise off at an epoch; a new dataset per phase.
     boundaries = [initial_epoch]
     if recipe.pca_off_epoch and initial_epoch < recipe.pca_off_epoch < recipe.epochs:
@@ -499,8 +694,8 @@ def train(recipe, train_source, val_source, settings, stats_path=None, data_desc
             continue
         pca_on = not (recipe.pca_off_epoch and begin >= recipe.pca_off_epoch)
         train_ds, val_ds, steps = _datasets(recipe, train_source, val_source, stats, counter,
-                                     num_workers, worker_index, seed_offset=begin, pca=pca_on,
-                                     max_steps=settings.max_steps_per_epoch)
+                                            num_workers, worker_index, seed_offset=begin, pca=pca_on,
+                                            max_steps=settings.max_steps_per_epoch)
         with warnings.catch_warnings():
             # Validation streams are finite with a length Keras cannot know (unreadable
             # files are dropped): it warns when it reaches their end, which is expected.
@@ -516,14 +711,6 @@ def train(recipe, train_source, val_source, settings, stats_path=None, data_desc
                 callbacks=callbacks,
                 verbose=settings.verbose,
             )
-    seconds = time.time() - start
-
-    summary = summarize(run_dir, history, train_source, val_source, seconds, counter)
-    summary["data_dir"] = (config["data"] or {}).get("data_dir")
-    if is_chief:
-        summary["curves"] = write_curves(run_dir, history)
-        runs.write_summary(run_dir, summary)
-    return summary
 
 
 def write_curves(run_dir, history):

@@ -1,0 +1,520 @@
+"""Runs that last days (issue 13): divergence stops cleanly, one writer per run
+directory, a failed write loses nothing, damaged state is never a traceback, and
+decompression bombs are skipped."""
+
+import errno
+import io
+import json
+import os
+import random
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from keras_alexnet import data, runs, synthetic
+
+REPO = Path(__file__).resolve().parents[1]
+TINY_FLAGS = ["--preset", "tiny", "--resize-size", "72", "--crop-size", "67", "--fc-units", "32",
+              "--batch-size", "8", "--quiet", "--max-steps-per-epoch", "2"]
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("synthetic")
+    return synthetic.make_dataset(root, num_classes=3, train_per_class=8, val_per_class=4, size=64)
+
+
+def env(**extra):
+    return dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=str(REPO), **extra)
+
+
+def run_train(args, script="train.py", **extra_env):
+    return subprocess.run([sys.executable, str(REPO / script), *args], env=env(**extra_env),
+                          capture_output=True, text=True, timeout=600)
+
+
+def flags(tiny_data, run_dir, epochs, *more):
+    return ["--data-dir", str(tiny_data), "--output-dir", str(run_dir), "--epochs", str(epochs),
+            *TINY_FLAGS, *more]
+
+
+def no_traceback(proc):
+    assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
+
+
+def leftovers(run_dir):
+    """Temporary files left in a run directory (the lock file is not one)."""
+    return [p for p in Path(run_dir).rglob(".*") if p.name != runs.LOCK_FILE]
+
+
+def finite_model(path):
+    import keras
+
+    model = keras.models.load_model(path, compile=False)
+    return all(np.isfinite(w).all() for w in model.get_weights())
+
+
+# Divergence ----------------------------------------------------------------------------
+
+
+def test_first_epoch_divergence_exits_3_and_writes_no_model(tmp_path, tiny_data):
+    run_dir = tmp_path / "run"
+    proc = run_train(flags(tiny_data, run_dir, 3, "--lr", "1e6"))
+    assert proc.returncode == 3, proc.stderr[-3000:]
+    no_traceback(proc)
+    err = proc.stderr
+    # Seen both: the loss of step 2 non-finite, or finite with the weights after it NaN
+    # (then the end-of-epoch check finds a NaN val_loss before anything is saved).
+    assert re.search(r"training diverged: (loss (nan|inf) at step [12] of 2 of epoch 1 |"
+                     r"val_loss nan at the end of epoch 1 \(after step 2 of 2\) )", err), err[-2000:]
+    assert "learning rate 1e+06" in err and "--lr 100000" in err
+    assert f"--output-dir {run_dir}-lr100000" in err  # the exact command of a new run
+    assert "No model was written" in err
+    for name in (runs.BEST_MODEL, runs.LAST_MODEL, runs.POINTER_FILE, runs.METRICS_FILE):
+        assert not (run_dir / name).exists(), name
+    assert not any((run_dir / runs.CHECKPOINTS_DIR).glob("*"))
+
+
+def test_later_epoch_divergence_keeps_the_last_finite_state(tmp_path, tiny_data):
+    run_dir = tmp_path / "run"
+    args = flags(tiny_data, run_dir, 3)
+    proc = run_train(args, "tests/fault_worker.py", FAULT="lr:2:1e7")  # epoch 2 jumps to 1e7
+    assert proc.returncode == 3, proc.stderr[-3000:]
+    no_traceback(proc)
+    assert re.search(r"training diverged: .* epoch 2 (\(after step 2 of 2\) )?\(learning rate 1e\+07\)",
+                     proc.stderr), proc.stderr[-2000:]
+    assert "still hold the last finite state (epoch 1)" in proc.stderr
+    assert "python train.py " + " ".join(args) in proc.stderr  # the command that resumes
+    pointer = json.loads((run_dir / runs.POINTER_FILE).read_text())
+    assert pointer["epoch"] == 1
+    assert [p.name for p in sorted((run_dir / runs.CHECKPOINTS_DIR).iterdir())] == [
+        "epoch-0001.json", "epoch-0001.keras"]
+    for path in (run_dir / pointer["model"], run_dir / runs.BEST_MODEL, run_dir / runs.LAST_MODEL):
+        assert finite_model(path), path
+    rows = runs.read_metrics(run_dir)
+    assert list(rows["epoch"]) == [1.0] and np.isfinite(rows["loss"]).all()
+    assert leftovers(run_dir) == []
+
+
+def test_recover_goes_back_to_the_last_good_epoch_at_a_tenth_of_the_rate(tmp_path, tiny_data):
+    run_dir = tmp_path / "run"
+    args = flags(tiny_data, run_dir, 3, "--on-divergence", "recover")
+    proc = run_train(args, "tests/fault_worker.py", FAULT="lr:2:1e7")  # epoch 2 jumps once
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    no_traceback(proc)
+    assert re.search(r"epoch 2 (\(after step 2 of 2\) )?\(learning rate 1e\+07\)\. Recovery 1/3: "
+                     r"restarting from epoch 1", proc.stdout), proc.stdout[-2000:]
+    assert "learning rate 0.005 -> 0.0005" in proc.stdout
+    metrics = runs.read_metrics(run_dir)
+    assert list(metrics["epoch"]) == [1.0, 2.0, 3.0]  # epoch 2 once: the diverged try is not kept
+    np.testing.assert_allclose(metrics["lr"], [0.005, 0.0005, 0.0005], rtol=1e-5)
+    state, _ = runs.find_training_state(run_dir)
+    assert state.callbacks["divergence"] == {"recoveries": 1}
+    assert finite_model(run_dir / runs.BEST_MODEL) and finite_model(run_dir / runs.LAST_MODEL)
+
+
+def test_recover_gives_up_after_max_recoveries(tmp_path, tiny_data):
+    run_dir = tmp_path / "run"
+    proc = run_train(flags(tiny_data, run_dir, 2, "--lr", "1e6", "--on-divergence", "recover",
+                           "--max-recoveries", "2"))
+    assert proc.returncode == 3, proc.stderr[-3000:]
+    no_traceback(proc)
+    assert "Recovery 1/2: restarting from the initial weights with learning rate 1e+06 -> 1e+05" in proc.stdout
+    assert "Recovery 2/2: restarting from the initial weights with learning rate 1e+05 -> 1e+04" in proc.stdout
+    assert "(learning rate 1e+04), after 2 recoveries" in proc.stderr
+    assert not (run_dir / runs.BEST_MODEL).exists() and not (run_dir / runs.POINTER_FILE).exists()
+
+
+def test_checkpoint_refuses_a_non_finite_epoch():
+    """The last line of defence: RunCheckpoint never saves NaN (a last step that made the
+    weights NaN logs a finite loss)."""
+    import keras
+
+    from keras_alexnet import training
+
+    class Model:
+        weights = [keras.Variable(np.ones(3, np.float32), name="w")]
+        optimizer = keras.optimizers.SGD(0.1)
+
+    training.check_finite(Model(), {"loss": 1.0, "val_loss": 2.0}, 1)
+    with pytest.raises(training.TrainingDiverged, match="val_loss nan at the end of epoch 4"):
+        training.check_finite(Model(), {"loss": 1.0, "val_loss": float("nan")}, 4)
+    Model.weights[0].assign([1.0, np.inf, 0.0])
+    with pytest.raises(training.TrainingDiverged, match="weights of w not finite"):
+        training.check_finite(Model(), {"loss": 1.0}, 2)
+
+
+# One writer per run directory ----------------------------------------------------------
+
+
+def test_run_lock_is_exclusive_and_names_the_holder(tmp_path):
+    with runs.lock_run(tmp_path / "run") as lock:
+        assert (tmp_path / "run" / ".lock").read_text().strip() == str(os.getpid())
+        with pytest.raises(runs.RunLockedError, match=rf"{tmp_path / 'run'}.*PID {os.getpid()}"):
+            runs.RunLock(tmp_path / "run").acquire()  # another open file: flock conflicts
+        assert lock.path == tmp_path / "run" / ".lock"
+    with runs.lock_run(tmp_path / "run"):  # released on exit
+        pass
+
+
+@pytest.mark.e2e
+def test_second_writer_exits_2_and_a_killed_run_leaves_no_stale_lock(tmp_path, tiny_data):
+    run_dir = tmp_path / "run"
+    args = flags(tiny_data, run_dir, 3)
+    go = tmp_path / "go"  # the first run holds its lock until the second has been refused
+    first = subprocess.Popen([sys.executable, str(REPO / "tests" / "fault_worker.py"), *args],
+                             env=env(FAULT=f"wait:{go}"), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             text=True)
+    lock = run_dir / runs.LOCK_FILE
+    deadline = time.time() + 300
+    while not (lock.is_file() and lock.read_text().strip() == str(first.pid)):
+        assert first.poll() is None and time.time() < deadline, "the first run never took the lock"
+        time.sleep(0.05)
+    second = run_train(args)
+    assert second.returncode == 2, second.stderr[-3000:]
+    no_traceback(second)
+    assert f"{run_dir} is being written by another process (PID {first.pid}" in second.stderr
+    go.touch()
+    out, err = first.communicate(timeout=600)
+    assert first.returncode == 0, err[-3000:]
+    assert list(runs.read_metrics(run_dir)["epoch"]) == [1.0, 2.0, 3.0]
+
+    # A SIGKILLed writer: the OS drops its lock, the next run takes it.
+    other = tmp_path / "killed"
+    killed = subprocess.Popen([sys.executable, str(REPO / "tests" / "fault_worker.py"), *flags(tiny_data, other, 3)],
+                              env=env(FAULT=f"wait:{tmp_path / 'never'}"),  # holds the lock until killed
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while not ((other / runs.LOCK_FILE).is_file()
+               and (other / runs.LOCK_FILE).read_text().strip() == str(killed.pid)):
+        assert killed.poll() is None and time.time() < deadline, "the run to kill never took the lock"
+        time.sleep(0.05)
+    with pytest.raises(runs.RunLockedError):
+        runs.RunLock(other).acquire()
+    killed.send_signal(signal.SIGKILL)
+    killed.wait()
+    with runs.lock_run(other):
+        pass
+
+
+# Write errors --------------------------------------------------------------------------
+
+
+def test_full_disk_exits_4_leaves_nothing_and_the_same_command_resumes(tmp_path, tiny_data):
+    run_dir = tmp_path / "run"
+    args = flags(tiny_data, run_dir, 2)
+    proc = run_train(args, "tests/fault_worker.py", FAULT="enospc-save:epoch-0002.keras")
+    assert proc.returncode == 4, proc.stderr[-3000:]
+    no_traceback(proc)
+    assert (f"Cannot write {run_dir}/checkpoints/epoch-0002.keras: No space left on device "
+            "(the disk is full: free some space, then run the same command again") in proc.stderr
+    assert leftovers(run_dir) == []  # the half-written .tmp-epoch-0002.keras is gone
+    assert sorted(p.name for p in (run_dir / runs.CHECKPOINTS_DIR).iterdir()) == [
+        "epoch-0001.json", "epoch-0001.keras"]
+    pointer = json.loads((run_dir / runs.POINTER_FILE).read_text())
+    assert pointer["epoch"] == 1 and finite_model(run_dir / pointer["model"])
+    resumed = run_train(args)  # "space freed": the same command, no fault
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"Resuming {run_dir} after epoch 1" in resumed.stdout
+    assert list(runs.read_metrics(run_dir)["epoch"]) == [1.0, 2.0]
+
+
+class _TinyModel:
+    """Stands in for a Keras model in `save_training_state`: writes a small zip."""
+
+    def save(self, path):
+        with zipfile.ZipFile(path, "w") as z:
+            z.writestr("config.json", "{}")
+
+
+def test_failed_pointer_write_removes_the_epochs_files(tmp_path, monkeypatch):
+    history = [{"epoch": 1, "val_top1_error": 0.5}]
+    runs.save_training_state(tmp_path, _TinyModel(), history)
+    real = os.replace
+
+    def replace(src, dst):
+        if Path(dst).name == runs.POINTER_FILE:
+            raise OSError(errno.EDQUOT, "Disk quota exceeded")
+        return real(src, dst)
+
+    monkeypatch.setattr(os, "replace", replace)
+    history.append({"epoch": 2, "val_top1_error": 0.4})
+    with pytest.raises(runs.RunWriteError, match=r"checkpoint.json: Disk quota exceeded \(the disk quota"):
+        runs.save_training_state(tmp_path, _TinyModel(), history, best=0.5)
+    assert sorted(p.name for p in (tmp_path / runs.CHECKPOINTS_DIR).iterdir()) == [
+        "epoch-0001.json", "epoch-0001.keras"]
+    assert leftovers(tmp_path) == []
+    state, notes = runs.find_training_state(tmp_path)
+    assert state.epoch == 1 and notes == []
+
+
+@pytest.mark.parametrize("code, hint", [(errno.EROFS, "read-only"), (errno.EACCES, "permission denied"),
+                                        (errno.ENOSPC, "disk is full")])
+def test_write_errors_name_the_path_and_what_to_do(tmp_path, monkeypatch, code, hint):
+    def fail(*a, **k):
+        raise OSError(code, os.strerror(code))
+
+    monkeypatch.setattr(os, "replace", fail)
+    with pytest.raises(runs.RunWriteError, match=hint) as info:
+        runs.atomic_write_text(tmp_path / "config.json", "{}")
+    assert info.value.path == tmp_path / "config.json" and info.value.errno == code
+    assert str(tmp_path / "config.json") in str(info.value)
+    assert list(tmp_path.iterdir()) == []  # no temporary file
+
+
+@pytest.mark.e2e
+def test_real_full_tmpfs(tmp_path, tiny_data):
+    """A 45 MB tmpfs holds two checkpoints of 19 MB: epoch 3 does not fit."""
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=45m", "tmpfs", str(mount)],
+                      capture_output=True).returncode:
+        pytest.skip("cannot mount a tmpfs here")
+    try:
+        run_dir = mount / "run"
+        args = flags(tiny_data, run_dir, 4)
+        proc = run_train(args)
+        assert proc.returncode == 4, proc.stderr[-3000:]
+        no_traceback(proc)
+        assert "No space left on device" in proc.stderr and str(run_dir) in proc.stderr
+        assert leftovers(run_dir) == []
+        pointer = json.loads((run_dir / runs.POINTER_FILE).read_text())
+        assert finite_model(run_dir / pointer["model"])
+        assert sorted(p.name for p in (run_dir / runs.CHECKPOINTS_DIR).iterdir()) == [
+            f"epoch-{pointer['epoch']:04d}.json", f"epoch-{pointer['epoch']:04d}.keras"]
+    finally:
+        subprocess.run(["umount", str(mount)])
+
+
+# Damaged state -------------------------------------------------------------------------
+
+
+def make_state(run_dir, epochs=(1, 2)):
+    """A run directory with checkpoint pairs of ``epochs`` and the pointer at the last."""
+    ckpt = run_dir / runs.CHECKPOINTS_DIR
+    ckpt.mkdir(parents=True)
+    for e in epochs:
+        _TinyModel().save(ckpt / f"epoch-{e:04d}.keras")
+        state = {"epoch": e, "history": [{"epoch": i} for i in range(1, e + 1)],
+                 "callbacks": {"plateau": {"best": 0.5, "wait": 0, "reductions": 0}}}
+        (ckpt / f"epoch-{e:04d}.json").write_text(json.dumps(state))
+    e = epochs[-1]
+    (run_dir / runs.POINTER_FILE).write_text(json.dumps(
+        {"epoch": e, "model": f"checkpoints/epoch-{e:04d}.keras", "state": f"checkpoints/epoch-{e:04d}.json"}))
+    return ckpt
+
+
+def torn(path):
+    size = path.stat().st_size
+    with open(path, "r+b") as f:
+        f.truncate(size // 2)
+
+
+DAMAGE = {  # name -> (damage, epoch resumed (None: refused), the damaged file named)
+    "pointer bad json": (lambda d, c: (d / "checkpoint.json").write_text('{"epoch": 2, "mod'), 2, "checkpoint.json"),
+    "pointer missing keys": (lambda d, c: (d / "checkpoint.json").write_text('{"epoch": 2}'), 2, "checkpoint.json"),
+    "pointer not an object": (lambda d, c: (d / "checkpoint.json").write_text('[1, 2]'), 2, "checkpoint.json"),
+    "pointer outside": (lambda d, c: (d / "checkpoint.json").write_text(
+        '{"epoch": 2, "model": "/etc/passwd", "state": "../x.json"}'), 2, "outside"),
+    "pointer missing": (lambda d, c: (d / "checkpoint.json").unlink(), 2, "checkpoint.json is missing"),
+    "pointer wrong epoch": (lambda d, c: (d / "checkpoint.json").write_text(json.dumps(
+        {"epoch": 7, "model": "checkpoints/epoch-0002.keras", "state": "checkpoints/epoch-0002.json"})), 2, "epoch 7"),
+    "model missing": (lambda d, c: (c / "epoch-0002.keras").unlink(), 1, "epoch-0002.keras does not exist"),
+    "model torn": (lambda d, c: torn(c / "epoch-0002.keras"), 1, "epoch-0002.keras is not a whole"),
+    "state bad json": (lambda d, c: (c / "epoch-0002.json").write_text("{"), 1, "epoch-0002.json"),
+    "state epoch a string": (lambda d, c: (c / "epoch-0002.json").write_text(json.dumps(
+        {"epoch": "2", "history": [], "callbacks": {}})), 1, "'epoch' must be a positive integer"),
+    "state history short": (lambda d, c: (c / "epoch-0002.json").write_text(json.dumps(
+        {"epoch": 2, "history": [{"epoch": 1}], "callbacks": {}})), 1, "expected 1..2"),
+    "state plateau wrong type": (lambda d, c: (c / "epoch-0002.json").write_text(json.dumps(
+        {"epoch": 2, "history": [{"epoch": 1}, {"epoch": 2}], "callbacks": {"plateau": {"best": "x", "wait": 0,
+                                                                                         "reductions": 0}}})),
+        1, "plateau.best"),
+    "state missing key": (lambda d, c: (c / "epoch-0002.json").write_text('{"epoch": 2}'), 1, "lacks the key"),
+    "state recoveries wrong type": (lambda d, c: (c / "epoch-0002.json").write_text(json.dumps(
+        {"epoch": 2, "history": [{"epoch": 1}, {"epoch": 2}], "callbacks": {"divergence": {"recoveries": None}}})),
+        1, "divergence.recoveries"),
+    "everything": (lambda d, c: [torn(c / "epoch-0002.keras"), (c / "epoch-0001.json").write_text("{")], None,
+                   "epoch-0002.keras"),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(DAMAGE))
+def test_damaged_state_falls_back_or_refuses_naming_the_file(tmp_path, kind):
+    damage, expected, named = DAMAGE[kind]
+    ckpt = make_state(tmp_path)
+    damage(tmp_path, ckpt)
+    if expected is None:
+        with pytest.raises(runs.DamagedStateError, match="no complete checkpoint is left") as info:
+            runs.find_training_state(tmp_path)
+        assert named in str(info.value) and "--output-dir" in str(info.value)
+        return
+    state, notes = runs.find_training_state(tmp_path)
+    assert state.epoch == expected and state.model_path == ckpt / f"epoch-{expected:04d}.keras"
+    assert any(named in n for n in notes), notes
+    assert any(f"resuming from the newest complete checkpoint instead: {state.model_path}" in n for n in notes)
+
+
+def test_a_new_run_and_a_good_state_have_no_notes(tmp_path):
+    assert runs.find_training_state(tmp_path) == (None, [])
+    make_state(tmp_path)
+    state, notes = runs.find_training_state(tmp_path)
+    assert state.epoch == 2 and notes == [] and state.callbacks["plateau"]["wait"] == 0
+
+
+@pytest.mark.e2e
+def test_damaged_state_through_train_py_never_a_traceback(tmp_path, tiny_data):
+    run_dir = tmp_path / "run"
+    args = flags(tiny_data, run_dir, 2)
+    first = run_train(args)
+    assert first.returncode == 0, first.stderr[-3000:]
+    saved = tmp_path / "saved"
+    shutil.copytree(run_dir, saved)
+
+    def fresh():
+        shutil.rmtree(run_dir)
+        shutil.copytree(saved, run_dir)
+
+    (run_dir / runs.POINTER_FILE).write_text('{"epoch": 2, "mod')  # a torn pointer
+    proc = run_train(args)
+    no_traceback(proc)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "checkpoint.json" in proc.stdout and "resuming from the newest complete checkpoint" in proc.stdout
+    assert f"Resuming {run_dir} after epoch 2" in proc.stdout
+
+    fresh()
+    (run_dir / runs.CHECKPOINTS_DIR / "epoch-0002.json").write_text('{"epoch": 2, "history": 5, "callbacks": {}}')
+    proc = run_train(args)
+    no_traceback(proc)
+    assert proc.returncode == 2 and "epoch-0002.json" in proc.stderr and "--output-dir" in proc.stderr
+
+    fresh()
+    torn(run_dir / runs.CHECKPOINTS_DIR / "epoch-0002.keras")
+    proc = run_train(args)
+    no_traceback(proc)
+    assert proc.returncode == 2 and "epoch-0002.keras" in proc.stderr
+
+    fresh()
+    (run_dir / runs.CONFIG_FILE).write_text('{"recipe": ')
+    proc = run_train(args)
+    no_traceback(proc)
+    assert proc.returncode == 2 and "config.json" in proc.stderr and "damaged" in proc.stderr
+
+
+# Decompression bombs -------------------------------------------------------------------
+
+
+def bomb_jpeg(path, side=30_000):
+    """A real 40x50 JPEG whose SOF0 header says ``side x side`` (decoding it would
+    allocate side * side * 3 bytes)."""
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(np.full((40, 50, 3), 128, np.uint8)).save(buf, "JPEG")
+    raw = bytearray(buf.getvalue())
+    sof = raw.index(b"\xff\xc0")
+    raw[sof + 5:sof + 9] = side.to_bytes(2, "big") * 2
+    Path(path).write_bytes(bytes(raw))
+    return path
+
+
+def test_header_sizes_of_every_format_without_decoding(tmp_path):
+    import tensorflow as tf
+    from PIL import Image
+
+    image = Image.fromarray(np.zeros((40, 50, 3), np.uint8))
+    for fmt in ("JPEG", "PNG", "GIF", "BMP"):
+        buf = io.BytesIO()
+        image.save(buf, fmt)
+        encoded = tf.constant(buf.getvalue())
+        assert list(data.image_size(encoded).numpy()) == [40, 50], fmt
+        mapped = tf.data.Dataset.from_tensors(encoded).map(data.image_size)  # inside tf.data
+        assert [list(s) for s in mapped.as_numpy_iterator()] == [[40, 50]], fmt
+    bomb = tf.constant(bomb_jpeg(tmp_path / "bomb.jpg").read_bytes())
+    assert list(tf.io.extract_jpeg_shape(bomb).numpy()) == [30_000, 30_000, 3]
+    with pytest.raises(tf.errors.InvalidArgumentError, match="MAX_IMAGE_PIXELS"):
+        data.decode_image(bomb)  # refused from the header: nothing of 2.7 GB is allocated
+    assert data.MAX_IMAGE_PIXELS == 89_478_485
+
+
+def test_bomb_in_a_folder_is_skipped_and_counted(tmp_path):
+    root = synthetic.make_dataset(tmp_path / "d", num_classes=2, train_per_class=3, val_per_class=1, size=48)
+    bomb_jpeg(root / "train" / "disc" / "zz_bomb.jpg")
+    source = data.load_source(root, "train")
+    assert source.num_examples == 7
+    counter = data.SkipCounter()
+    ds = data.training_dataset(source, 4, mean="none", crop_size=40, resize_size=44, pca_stddev=0.0,
+                               seed=0, counter=counter)
+    images = sum(int(x.shape[0]) for x, _ in ds)
+    assert (images, counter.skipped, counter.images) == (6, 1, 6)
+
+
+# Soak: killed at random moments, restarted with the same command ------------------------
+
+
+def replay_plateau(val_errors, lr, patience, factor=0.1, max_reductions=3):
+    """The rates and final state PlateauSchedule gives for these validation errors."""
+    best, wait, reductions, rates = float("inf"), 0, 0, []
+    for err in val_errors:
+        rates.append(lr)
+        if err < best:
+            best, wait = err, 0
+            continue
+        wait += 1
+        if wait >= patience and reductions < max_reductions:
+            lr, reductions, wait = lr * factor, reductions + 1, 0
+    return rates, {"best": best, "wait": wait, "reductions": reductions}
+
+
+@pytest.mark.e2e
+def test_soak_killed_five_times_at_random_moments(tmp_path, tiny_data):
+    epochs = 6
+    rng = random.Random(13)
+    run_dir = tmp_path / "run"
+    args = flags(tiny_data, run_dir, epochs, "--patience", "1")
+    done, kills = 0, []
+    while len(kills) < 5:
+        epoch = min(epochs, done + rng.randint(1, 2))  # this session's epochs count from done
+        kind = rng.choice(["batch", "checkpoint.json", "last.keras", "metrics.csv", f"epoch-{epoch:04d}.json"])
+        if kind == "batch":
+            kill_at = f"batch:{epoch}:{rng.randint(1, 2)}"
+        elif kind.startswith("epoch-"):
+            kill_at = f"replace:{kind}:1"
+        else:
+            kill_at = f"replace:{kind}:{epoch - done}"
+        proc = run_train(args, "tests/kill_worker.py", KILL_AT=kill_at)
+        assert proc.returncode == -signal.SIGKILL, (kill_at, proc.stderr[-3000:])
+        no_traceback(proc)
+        kills.append(kill_at)
+        state, notes = runs.find_training_state(run_dir)
+        assert notes == [], notes  # a kill never damages the state
+        done = state.epoch if state else 0
+    final = run_train(args)
+    assert final.returncode == 0, (kills, final.stderr[-3000:])
+    reference_dir = tmp_path / "reference"
+    reference = run_train(flags(tiny_data, reference_dir, epochs, "--patience", "1"))
+    assert reference.returncode == 0, reference.stderr[-3000:]
+
+    for directory in (run_dir, reference_dir):
+        metrics = runs.read_metrics(directory)
+        assert list(metrics["epoch"]) == list(range(1, epochs + 1)), (directory, kills)
+        assert finite_model(directory / runs.BEST_MODEL) and finite_model(directory / runs.LAST_MODEL)
+        pointer = json.loads((directory / runs.POINTER_FILE).read_text())
+        saved = json.loads((directory / pointer["state"]).read_text())
+        # The plateau state and every epoch's rate are what an uninterrupted run computes
+        # from these validation errors (the errors themselves differ after a resume: the
+        # data order is re-seeded per session, dropout draws anew).
+        rates, plateau = replay_plateau(metrics["val_top1_error"], 0.005, patience=1)
+        np.testing.assert_allclose(metrics["lr"], rates, rtol=1e-5)
+        assert saved["callbacks"]["plateau"]["wait"] == plateau["wait"]
+        assert saved["callbacks"]["plateau"]["reductions"] == plateau["reductions"]
+        assert saved["callbacks"]["plateau"]["best"] == pytest.approx(plateau["best"])
+        assert leftovers(directory) == []

@@ -134,7 +134,7 @@ def test_recover_gives_up_after_max_recoveries(tmp_path, tiny_data):
 
 
 def test_checkpoint_refuses_a_non_finite_epoch():
-    """The last line of defence: RunCheckpoint never saves NaN (a last step that made the
+    """The last line of defence: SaveTrainingState never saves NaN (a last step that made the
     weights NaN logs a finite loss)."""
     import keras
 

@@ -131,8 +131,8 @@ PRESETS = {
     # - He-initialised fc8 starts confident and wrong (mean top probability 0.36-0.42
     #   before training, 1/8 is chance); N(0, 0.01) in fc8 (the paper's value): 0.16-0.17.
     # With the values below (and dataset v2), float32: best / final validation top-1
-    # error, seed 0 (three runs; CPU training is not bit-deterministic) 1.25% / 1.25%,
-    # 3.25% / 7.50%, 4.75% / 10.50%; seed 1 2.25% / 2.25%; seed 2 2.50% / 5.00% (chance
+    # error, seed 0 (four runs; CPU training is not bit-deterministic) 1.25% / 1.25%,
+    # 3.25% / 7.50%, 3.25% / 6.50%, 4.75% / 10.50%; seed 1 2.25% / 2.25%; seed 2 2.50% / 5.00% (chance
     # 87.5%); 32-44% after 3 epochs. At lr 0.01 the error bounces (6-25% in epochs 7-11); the
     # plateau cut (after epoch 10 or 11, or none within the 12 epochs) settles it. Time: see docs/quickstart_excerpt.md.
     # With the paper's fixed N(0, 0.01) everywhere and biases of 1 the loss stays flat at

@@ -44,7 +44,7 @@ RUN_ENV = "KERAS_ALEXNET_RUN"  # the run directory, when RUN_DIR is None
 OUT_ENV = "KERAS_ALEXNET_OUT"  # the figures directory, when OUT_DIR is None
 DEFAULT_RUN = "notebook_run"  # <cache>/notebook_run: the briefly trained default
 BRIEF_EPOCHS = 2
-BRIEF_STEPS_PER_EPOCH = 10  # 2 x 10 steps of 32 images: ~30 s on 2 cores, far from trained
+BRIEF_STEPS_PER_EPOCH = 10  # 2 x 10 steps of the tiny preset's batch: far from trained
 
 
 def _finished(run_dir, epochs):

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from keras_alexnet import data, runs, synthetic
+from keras_alexnet import data, recipes, runs, synthetic
 
 REPO = Path(__file__).resolve().parents[1]
 TINY_FLAGS = ["--preset", "tiny", "--resize-size", "72", "--crop-size", "67", "--fc-units", "32",
@@ -112,10 +112,11 @@ def test_recover_goes_back_to_the_last_good_epoch_at_a_tenth_of_the_rate(tmp_pat
     no_traceback(proc)
     assert re.search(r"epoch 2 (\(after step 2 of 2\) )?\(learning rate 1e\+07\)\. Recovery 1/3: "
                      r"restarting from epoch 1", proc.stdout), proc.stdout[-2000:]
-    assert "learning rate 0.005 -> 0.0005" in proc.stdout
+    rate = recipes.preset("tiny").learning_rate  # the run's rate before the jump
+    assert f"learning rate {rate:.3g} -> {rate / 10:.3g}" in proc.stdout
     metrics = runs.read_metrics(run_dir)
     assert list(metrics["epoch"]) == [1.0, 2.0, 3.0]  # epoch 2 once: the diverged try is not kept
-    np.testing.assert_allclose(metrics["lr"], [0.005, 0.0005, 0.0005], rtol=1e-5)
+    np.testing.assert_allclose(metrics["lr"], [rate, rate / 10, rate / 10], rtol=1e-5)
     state, _ = runs.find_training_state(run_dir)
     assert state.callbacks["divergence"] == {"recoveries": 1}
     assert finite_model(run_dir / runs.BEST_MODEL) and finite_model(run_dir / runs.LAST_MODEL)
@@ -512,7 +513,8 @@ def test_soak_killed_five_times_at_random_moments(tmp_path, tiny_data):
         # The plateau state and every epoch's rate are what an uninterrupted run computes
         # from these validation errors (the errors themselves differ after a resume: the
         # data order is re-seeded per session, dropout draws anew).
-        rates, plateau = replay_plateau(metrics["val_top1_error"], 0.005, patience=1)
+        rates, plateau = replay_plateau(metrics["val_top1_error"], recipes.preset("tiny").learning_rate,
+                                        patience=1)
         np.testing.assert_allclose(metrics["lr"], rates, rtol=1e-5)
         assert saved["callbacks"]["plateau"]["wait"] == plateau["wait"]
         assert saved["callbacks"]["plateau"]["reductions"] == plateau["reductions"]

@@ -593,9 +593,8 @@ def resolve_caffe_variant(layers, where, prototxt_layers=None, prototxt=None, va
     return next(iter(known.values()))
 
 
-def _pool5_hwc(variant):
-    # All four variants have 6x6x256 pool5 on their own input sizes.
-    return (6, 6, 256)
+# pool5 of every variant on its own input size (227 or 224): what fc6's rows are ordered by.
+POOL5_HWC = (6, 6, 256)
 
 
 def caffe_keras_weights(weights, prototxt=None, variant=None):
@@ -608,7 +607,7 @@ def caffe_keras_weights(weights, prototxt=None, variant=None):
         _check_prototxt_lrn(proto_layers, str(prototxt))
     variant = resolve_caffe_variant(layers, where, proto_layers, prototxt, variant)
     raw = _select_layers(_caffe_weight_layers(layers, where), where)
-    return variant, _keras_from_oihw(raw, _pool5_hwc(variant), where)
+    return variant, _keras_from_oihw(raw, POOL5_HWC, where)
 
 
 # -- npy (a pickle) --
@@ -749,7 +748,7 @@ def torchvision_keras_weights(weights):
             f"{where}: missing layer(s) {', '.join(missing)} of torchvision's AlexNet; the "
             f"file's tensors are: {', '.join(f'{k} {s}' for k, s in list(shapes.items())[:20])}."
         )
-    return _keras_from_oihw(found, _pool5_hwc("torchvision"), where)
+    return _keras_from_oihw(found, POOL5_HWC, where)
 
 
 # AlexNet(weights=...).

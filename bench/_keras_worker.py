@@ -12,11 +12,10 @@ Prints one line ``RESULT {...json...}`` on stdout. Keys of the config (all optio
 - ``xla``: ``compile(jit_compile=...)``; ``"auto"``: what the library picks on this machine
   (`keras_alexnet.training.choose_xla`), reported back as ``xla_resolved``.
 - ``steps_per_execution``: passed to ``compile``.
-- ``lrn``: ``"default"`` (the library's layer as shipped: the banded-matmul LRN),
-  ``"tf_nn"`` (the library's reference path, tf.nn.local_response_normalization; the
-  default before the matmul LRN was adopted), ``"off"`` (no LRN: the cost of LRN), or the
-  name of a prototype in ``bench/fast_lrn.py`` (``"matmul_autodiff"``, ...), which
-  replaces the library layer's ``call`` in this process only.
+- ``lrn``: ``"default"`` (the library's layer as shipped:
+  ``lrn_implementation="matmul"``, the banded-matmul LRN), ``"tf_nn"``
+  (``lrn_implementation="tf_nn"``, tf.nn.local_response_normalization) or ``"off"`` (no
+  LRN: the cost of LRN).
 - ``intra``, ``inter``: TensorFlow thread-pool sizes (0 = TensorFlow decides).
 - ``xla_flags``: extra ``XLA_FLAGS`` for this process (e.g. ``--xla_cpu_use_onednn=true``).
 - ``batch``; ``warmup`` untimed training steps; then at most ``steps`` timed steps,
@@ -35,7 +34,7 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))  # keras_alexnet from this checkout, installed or not
-sys.path.insert(0, HERE)  # _common, fast_lrn
+sys.path.insert(0, HERE)  # _common
 from _common import cpu_seconds, peak_rss_mib  # noqa: E402
 
 DEFAULTS = dict(
@@ -122,14 +121,11 @@ def run_train(cfg, dataset=None):
     import tensorflow as tf
 
     import keras_alexnet
-    from keras_alexnet.layers import LocalResponseNormalization
 
+    if cfg["lrn"] not in ("default", "tf_nn", "off"):
+        raise ValueError(f"lrn must be 'default', 'tf_nn' or 'off', got {cfg['lrn']!r}.")
     if cfg["precision"] == "bf16":
         keras.mixed_precision.set_global_policy("mixed_bfloat16")
-    if cfg["lrn"] not in ("default", "tf_nn", "off"):
-        import fast_lrn
-
-        fast_lrn.patch(LocalResponseNormalization, cfg["lrn"])
 
     keras.utils.set_random_seed(0)
     t0 = time.perf_counter()

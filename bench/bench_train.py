@@ -17,7 +17,7 @@ momentum, softmax cross-entropy, batch 128), then inference on the same model.
 
 Also measured: the GFLOP/s of a square matmul (fp32 4096, bf16 2048) in TensorFlow and
 PyTorch. The fp32 ceiling for AlexNet training is (fp32 matmul GFLOP/s) / 4.35 GFLOP per
-training image (PERF_NOTES.md: 1.45 GFLOP forward, about 3x for a training step), with
+training image (724 M multiply-adds, 1.45 GFLOP, forward; about 3x for a training step), with
 the best probe of the run as the rate (background load can only lower a probe).
 
 Results go to bench/results/train_speed.json and .csv. Runs with --only or --candidates
@@ -45,7 +45,8 @@ CSV_PATH = os.path.join(RESULTS, "train_speed.csv")
 CANDIDATES_PATH = os.path.join(RESULTS, "train_speed_candidates.json")
 README_PATH = os.path.join(HERE, "README.md")
 
-GFLOP_PER_TRAIN_IMAGE = 4.35  # PERF_NOTES.md: 724 M multiply-adds forward, x3 for training
+# conv1-5 (grouped conv2/4/5) and fc6-8: 724 M multiply-adds forward, x3 for training.
+GFLOP_PER_TRAIN_IMAGE = 4.35
 BATCH = 128
 
 # Targets of issue 7.
@@ -107,8 +108,9 @@ CONFIGS = [
     _keras("k_grouped_fp32", "keras_alexnet grouped", "once", "fp32", grouping="grouped"),
     _keras("k_grouped_bf16", "keras_alexnet grouped", "once", "bf16", grouping="grouped", warmup=1,
            min_steps=1),
-    # XLA's grouped-conv filter gradient is ~20x slower (PERF_NOTES.md): one warm-up call
-    # and as little as one timed step keep these two from eating the time budget.
+    # XLA's grouped-conv filter gradient is slow (grouped fp32 trains at 8 img/s with XLA,
+    # 38 without): one warm-up call and as little as one timed step keep these two from
+    # eating the time budget.
     _keras("k_grouped_fp32_xla", "keras_alexnet grouped, XLA", "once", "fp32", grouping="grouped",
            xla=True, warmup=1, min_steps=1),
     _keras("k_grouped_bf16_xla", "keras_alexnet grouped, XLA", "once", "bf16", grouping="grouped",
@@ -129,8 +131,6 @@ CONFIGS = [
     # Candidate changes to keras_alexnet's default path (bench/NOTES.md).
     _keras("c_towers_fp32_nolrn", "towers, no LRN (cost of LRN)", "candidate", "fp32", lrn="off"),
     _keras("c_towers_bf16_nolrn", "towers, no LRN (cost of LRN)", "candidate", "bf16", lrn="off"),
-    _keras("c_towers_fp32_lrnmm_ad", "towers + matmul LRN, autodiff", "candidate", "fp32", lrn="matmul_autodiff"),
-    _keras("c_towers_fp32_lrnxla", "towers + matmul LRN, XLA-fused", "candidate", "fp32", lrn="matmul_xla"),
     _keras("c_grouped_fp32_tfnn", "grouped + tf.nn LRN", "candidate", "fp32", grouping="grouped", lrn="tf_nn"),
     _keras("c_grouped_bf16_tfnn", "grouped + tf.nn LRN", "candidate", "bf16", grouping="grouped", lrn="tf_nn"),
     _keras("c_towers_fp32_spe4", "towers, steps_per_execution=4", "candidate", "fp32", steps_per_execution=4),

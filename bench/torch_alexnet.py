@@ -35,7 +35,7 @@ class GroupedLRN(nn.Module):
     def __init__(self, size=5, alpha=1e-4, beta=0.75, k=2.0, groups=2):
         super().__init__()
         self.groups = groups
-        # PyTorch divides alpha by size; the paper does not (REFERENCE.md).
+        # PyTorch divides alpha by size; the paper does not (docs/paper.md §3.3).
         self.lrn = nn.LocalResponseNorm(size, alpha=alpha * size, beta=beta, k=k)
 
     def forward(self, x):

@@ -22,7 +22,7 @@ when ``KERAS_ALEXNET_VERBOSE`` is set to anything but ``0`` or empty (``train.py
 --verbose`` and ``evaluate.py --verbose`` set it, before importing the package). Otherwise it sets
 ``TF_CPP_MIN_LOG_LEVEL=2`` for the rest of the process (TensorFlow's info and warning
 logs hidden, errors kept). It does not set ``TF_ENABLE_ONEDNN_OPTS``: oneDNN
-stays on (the grouped-convolution gradient needs it, see PERF_NOTES); only its
+stays on (`GroupedConv2D`'s gradient on CPU needs it: `keras_compat.onednn_enabled`); only its
 message is dropped.
 """
 

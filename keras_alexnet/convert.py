@@ -1,27 +1,16 @@
 """Published ImageNet AlexNets as Keras models: read their weight files, write a model dir.
 
-Three sources (REFERENCE.md, "Published trained AlexNets"):
+Three sources (``docs/paper.md``, "Published AlexNets"): Caffe's ``.caffemodel``
+(``bvlc_alexnet``, ``bvlc_reference_caffenet``), Guerzhoy's ``bvlc_alexnet.npy`` and
+torchvision's ``alexnet-owt-7be5be79.pth`` (``IMAGENET1K_V1``).
+`keras_alexnet.weight_readers` reads them without their frameworks and without running
+code; `keras_alexnet.weight_files` converts their layouts.
 
-- Caffe ``.caffemodel`` (``bvlc_alexnet``, ``bvlc_reference_caffenet``), read by a small
-  reader of the protobuf wire format (no caffe, no protobuf package) in both of Caffe's
-  formats: the current ``NetParameter.layer`` (field 100) and the legacy V1
-  ``NetParameter.layers`` (field 2). Field numbers are those of BVLC caffe's
-  ``src/caffe/proto/caffe.proto``.
-- Guerzhoy's ``bvlc_alexnet.npy``: bvlc_alexnet's weights as a pickled dict
-  ``name -> [W, b]`` (from ethereon/caffe-tensorflow: conv W in HWIO, FC W in (in, out),
-  fc6 rows already in (h, w, c) order). It is a pickle, so it is read by an unpickler
-  that builds only NumPy arrays, dicts and lists and refuses every other global: loading
-  it never runs code. ``np.load(allow_pickle=True)`` is never called.
-- torchvision's ``alexnet-owt-7be5be79.pth`` (``IMAGENET1K_V1``), read with
-  ``torch.load(weights_only=True)``; torch is the optional extra ``keras_alexnet[torch]``.
-
-Each layout change is a small named rule (`oihw_to_hwio`, `out_in_to_in_out`,
-`chw_rows_to_hwc_rows`, `split_groups`), tested on its own. The converted model takes
-the source network's own input (NHWC): Caffe's 227x227 BGR 0-255 minus the mean, or
-torchvision's 224x224 normalised RGB, and computes the source's function: fc8 logits,
-then a softmax named ``predictions``, as in Caffe's deploy nets (``prob``). torchvision's
-net ends in logits: its converted model still ends in the softmax (so every converted
-model outputs probabilities); build ``keras.Model(model.input,
+The converted model takes the source network's own input (NHWC): Caffe's 227x227 BGR
+0-255 minus the mean, or torchvision's 224x224 normalised RGB, and computes the source's
+function: fc8 logits, then a softmax named ``predictions``, as in Caffe's deploy nets
+(``prob``). torchvision's net ends in logits: its converted model still ends in the
+softmax (so every converted model outputs probabilities); build ``keras.Model(model.input,
 model.get_layer("fc8").output)`` for logits.
 
 fc8 may have any number of classes and fc6 / fc7 any width (a fine-tuned net): the model
@@ -66,26 +55,17 @@ from pathlib import Path
 
 import numpy as np
 
-from keras_alexnet.weight_files import (  # noqa: F401  (re-exported: the readers and rules)
+from keras_alexnet.weight_files import (
     CAFFE_VARIANTS,
-    FORMATS,
-    ConversionError,
     assign_weights,
     caffe_keras_weights,
-    chw_rows_to_hwc_rows,
-    keras_weights_from_model,
-    load_npy_dict,
-    load_weights_into,
     npy_keras_weights,
-    oihw_to_hwio,
-    out_in_to_in_out,
-    read_caffemodel,
-    read_mean_binaryproto,
-    read_prototxt,
-    split_groups,
     torchvision_keras_weights,
-    weights_variant,
 )
+from keras_alexnet.weight_readers import ConversionError, read_mean_binaryproto
+
+FORMATS = ("caffe", "npy", "torchvision")  # --from
+
 
 def _build(variant, weights_by_name, where):
     """A fresh model of ``variant`` sized from the file: fc8's class count and fc6's
@@ -133,8 +113,6 @@ def convert_npy(weights, variant="bvlc_alexnet"):
     model = _build(variant, keras_weights, str(weights))
     return assign_weights(model, keras_weights, str(weights))
 
-
-# -- torchvision --
 
 def convert_torchvision(weights):
     """torchvision's ``alexnet`` state dict (``.pth``) as a Keras AlexNet.

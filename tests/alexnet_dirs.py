@@ -1,8 +1,7 @@
 """Run and model directories for the export and applications tests, at toy size.
 
-- `write_converted_dir`: a model directory as a converter writes it (issue 12's
-  ``keras_alexnet.convert``), with `keras_alexnet.runs.write_model_dir`, from a tiny
-  random AlexNet: the published networks' preprocessing variants (Caffe's BGR and
+- `write_converted_dir`: a model directory as ``keras_alexnet.convert`` writes it, with
+  `keras_alexnet.runs.write_model_dir`, from a tiny random AlexNet: the published networks' preprocessing variants (Caffe's BGR and
   channel mean; torchvision's RGB, mean and std).
 """
 

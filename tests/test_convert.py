@@ -15,11 +15,11 @@ import pytest
 import tensorflow as tf
 
 import keras_alexnet
-from keras_alexnet import convert, runs
+from keras_alexnet import convert, runs, weight_files
 from keras_alexnet.data import imagenet_class_names, load_image
-from keras_alexnet.convert import ConversionError
 from keras_alexnet.layers import LocalResponseNormalization, OnDevice
 from keras_alexnet.model import layer_table
+from keras_alexnet.weight_readers import ConversionError
 
 RTOL = 1e-4
 
@@ -47,9 +47,9 @@ def logits_model(model):
 
 
 def network_input(squares, pre, mean_image=None):
-    """config.json's preprocessing, written out here (not convert.preprocess): the crop of
-    the central square, minus the mean (image cropped alike, or per channel), divided by
-    std, in the channel order; NHWC."""
+    """config.json's preprocessing, written out here independently of the package's: the
+    crop of the central square, minus the mean (image cropped alike, or per channel),
+    divided by std, in the channel order; NHWC."""
     s, c = squares.shape[1], pre["crop_size"]
     t = (s - c) // 2
     x = squares[:, t : t + c, t : t + c, :].astype(np.float32)
@@ -86,7 +86,7 @@ def test_oihw_to_hwio_matches_torch_conv2d():
     x = rng.normal(size=(2, 3, 9, 8)).astype(np.float32)  # NCHW
     w = rng.normal(size=(5, 3, 3, 2)).astype(np.float32)  # OIHW, non-square kernel
     expected = torch.nn.functional.conv2d(torch.from_numpy(x), torch.from_numpy(w)).numpy()
-    got = tf.nn.conv2d(x.transpose(0, 2, 3, 1), convert.oihw_to_hwio(w), 1, "VALID").numpy()
+    got = tf.nn.conv2d(x.transpose(0, 2, 3, 1), weight_files.oihw_to_hwio(w), 1, "VALID").numpy()
     np.testing.assert_allclose(got.transpose(0, 3, 1, 2), expected, rtol=1e-5, atol=1e-5)
 
 
@@ -95,7 +95,7 @@ def test_out_in_to_in_out_matches_torch_linear():
     rng = np.random.default_rng(1)
     x, w = rng.normal(size=(3, 7)).astype(np.float32), rng.normal(size=(4, 7)).astype(np.float32)
     expected = torch.nn.functional.linear(torch.from_numpy(x), torch.from_numpy(w)).numpy()
-    np.testing.assert_allclose(x @ convert.out_in_to_in_out(w), expected, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(x @ weight_files.out_in_to_in_out(w), expected, rtol=1e-5, atol=1e-5)
 
 
 def test_chw_rows_to_hwc_rows_matches_torch_flatten():
@@ -105,7 +105,7 @@ def test_chw_rows_to_hwc_rows_matches_torch_flatten():
     w = rng.normal(size=(5, 24)).astype(np.float32)  # (out, C*H*W)
     expected = torch.nn.functional.linear(torch.flatten(torch.from_numpy(maps), 1), torch.from_numpy(w))
     keras_flat = keras.layers.Flatten()(maps.transpose(0, 2, 3, 1)).numpy()  # NHWC flatten
-    kernel = convert.chw_rows_to_hwc_rows(convert.out_in_to_in_out(w), (2, 4, 3))
+    kernel = weight_files.chw_rows_to_hwc_rows(weight_files.out_in_to_in_out(w), (2, 4, 3))
     np.testing.assert_allclose(keras_flat @ kernel, expected.numpy(), rtol=1e-5, atol=1e-5)
 
 
@@ -118,7 +118,7 @@ def test_split_groups_gives_tower_a_the_first_half_of_a_grouped_blob():
     expected = torch.nn.functional.conv2d(
         torch.from_numpy(x), torch.from_numpy(w), torch.from_numpy(b), groups=2
     ).numpy()
-    (ka, kb), (ba, bb) = convert.split_groups(convert.oihw_to_hwio(w)), convert.split_groups(b)
+    (ka, kb), (ba, bb) = weight_files.split_groups(weight_files.oihw_to_hwio(w)), weight_files.split_groups(b)
     nhwc = x.transpose(0, 2, 3, 1)
     ya = tf.nn.conv2d(nhwc[..., :2], ka, 1, "VALID") + ba  # tower a reads the first maps
     yb = tf.nn.conv2d(nhwc[..., 2:], kb, 1, "VALID") + bb
@@ -398,7 +398,7 @@ def test_caffe_conversion_equals_opencv(tmp_path, caffe_files, squares, variant,
             controls.append(dict(variant=variant, lrn_bias=2.0, lrn_alpha=1e-4))
         for kwargs in controls:
             wrong = keras_alexnet.AlexNet(classifier_activation=None, **kwargs)
-            convert.assign_weights(wrong, convert.keras_weights_from_model(loaded), "test")
+            weight_files.assign_weights(wrong, weight_files.keras_weights_from_model(loaded), "test")
             assert max_rel_diff(wrong.predict(x, verbose=0), fc8_cv) > 0.02
 
 
@@ -661,7 +661,7 @@ def test_failed_load_leaves_the_model_as_it_was(tmp_path):
     model = keras_alexnet.AlexNet(variant="caffenet", classes=10, fc_units=8, seed=3)
     before = [w.copy() for w in model.get_weights()]
     with pytest.raises(ConversionError, match="conv5"):
-        convert.load_weights_into(model, path)
+        weight_files.load_weights_into(model, path)
     for a, b in zip(before, model.get_weights()):
         np.testing.assert_array_equal(a, b)
     # Caffe's weights fit the paper's shapes but not its LRN: refused, not guessed.

@@ -25,7 +25,7 @@ import tensorflow as tf
 
 from keras_alexnet.keras_compat import TowerTrainStep, colocate_optimizer_slots
 from keras_alexnet.layers import PAPER_LAYERS, ChannelSlice, GroupedConv2D, LocalResponseNormalization, OnDevice
-from keras_alexnet.variants import variant_defaults
+from keras_alexnet.variants import VARIANTS, variant_defaults
 
 # The paper's five conv layers (§3.5; the kernel counts are the variant's `conv_filters`).
 # ``reads``: the input image, only its own tower's maps, or both towers' maps (Fig. 2).
@@ -49,6 +49,8 @@ GROUPINGS = ("towers", "grouped", "none")
 LRN_ORDERS = ("lrn_pool", "pool_lrn")
 # torchvision's AdaptiveAvgPool2d((6, 6)) before fc6.
 TORCHVISION_POOL5 = 6
+# A per-layer ``weight_stddev`` dict without a "default" entry: the paper's (§5).
+PAPER_STDDEV = VARIANTS["paper"]["weight_stddev"]
 
 
 def default_devices():
@@ -105,7 +107,7 @@ class AlexNetModel(TowerTrainStep, keras.Model):
 
 def _weight_stddev(weight_stddev, layer):
     if isinstance(weight_stddev, dict):
-        weight_stddev = weight_stddev.get(layer, weight_stddev.get("default", 0.01))
+        weight_stddev = weight_stddev.get(layer, weight_stddev.get("default", PAPER_STDDEV))
     return weight_stddev if weight_stddev == "he" else float(weight_stddev)
 
 
@@ -119,8 +121,8 @@ def _resolve_variant(weights, variant):
 
 
 def _initializers(weight_stddev, positive_bias, seed):
-    """``init(layer) -> (kernel, bias)`` initialisers of a paper layer (§5), each kernel
-    with the next seed from ``seed`` (None: random)."""
+    """``init(layer)``: the ``kernel_initializer`` and ``bias_initializer`` arguments of a
+    paper layer (§5), each kernel drawn with the next seed from ``seed`` (None: random)."""
     seeds = iter(range(1000)) if seed is None else iter(range(seed, seed + 1000))
 
     def init(layer):
@@ -278,11 +280,11 @@ def AlexNet(
             reference, `tf.nn.local_response_normalization`): the same function, see
             `LocalResponseNormalization`.
         weight_stddev: standard deviation of the zero-mean Gaussian that initialises
-            every kernel (§5: 0.01), or a dict from paper layer name (``"conv3"``, ...,
-            and optionally ``"default"``) to its standard deviation. A value ``"he"``
+            every kernel (default the variant's; the paper's §5), or a dict from paper
+            layer name (``"conv3"``, ..., and ``"default"``) to it. A value ``"he"``
             draws N(0, 2 / fan_in) instead (He et al., 2015), a non-paper option.
-        positive_bias: initial bias of conv2, conv4, conv5, fc6 and fc7 (§5: 1; Caffe's
-            bvlc_alexnet uses 0.1). conv1, conv3 and fc8 biases start at 0.
+        positive_bias: initial bias of conv2, conv4, conv5, fc6 and fc7 (default the
+            variant's; the paper's §5). conv1, conv3 and fc8 biases start at 0.
         dropout: dropout rate of the two dropout layers (§4.2: 0.5), after fc6 and fc7
             (``drop6``, ``drop7``); torchvision's come before fc6 and fc7 (``drop5``,
             ``drop6``: ``dropN`` follows layer N).
@@ -333,15 +335,15 @@ def AlexNet(
     def layer_args(layer):
         return dict(init(layer), kernel_regularizer=kernel_regularizer)
 
-    # In the paper each GPU normalises its own maps: each tower's LRN, or the grouped
-    # layout's LRN within each half. Caffe's LRN, and the one-tower layout's, see all maps.
+    # In the paper each GPU normalises its own maps: each tower's LRN sees its own, the
+    # grouped layout's LRN normalises each half alone. Caffe's LRN, and the one-tower
+    # layout's, see all maps.
     lrn_groups = 2 if grouping == "grouped" and not spec["lrn_across_towers"] else 1
 
     def make_lrn(layer_name):
         return LocalResponseNormalization(
             spec["lrn_depth_radius"], spec["lrn_bias"], spec["lrn_alpha"], spec["lrn_beta"],
-            groups=1 if layer_name.endswith(("_a", "_b")) else lrn_groups,
-            implementation=lrn_implementation, name=layer_name,
+            groups=lrn_groups, implementation=lrn_implementation, name=layer_name,
         )
 
     inputs = keras.Input(shape=spec["input_shape"], name="image") if input_tensor is None else input_tensor

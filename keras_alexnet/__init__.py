@@ -15,13 +15,13 @@ from keras_alexnet.layers import (
 )
 from keras_alexnet.metrics import TopKError
 from keras_alexnet.model import (
-    VARIANTS,
     AlexNet,
     AlexNetModel,
     format_layer_table,
     layer_table,
     print_layer_table,
 )
+from keras_alexnet.variants import VARIANTS
 
 __version__ = "0.1.0"
 

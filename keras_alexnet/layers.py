@@ -11,12 +11,13 @@ import numpy as np
 import tensorflow as tf
 
 from keras_alexnet.keras_compat import call_has_training_arg, onednn_enabled
+from keras_alexnet.variants import PAPER_LRN
 
 # The paper's eight layers with weights (§3.5): every layer name of `keras_alexnet.AlexNet`
 # starts with one of these (conv1_a, lrn1, fc6, ...), as do weight files and figures.
 PAPER_LAYERS = ("conv1", "conv2", "conv3", "conv4", "conv5", "fc6", "fc7", "fc8")
 
-# ImageNet RGB PCA from fb.resnet.torch, on pixels scaled to [0, 1] (REFERENCE.md, "Data").
+# ImageNet RGB PCA from fb.resnet.torch (datasets/imagenet.lua), on pixels scaled to [0, 1].
 # Eigenvectors are the columns. Multiplied by 255 these are the Caffe-era values
 # [55.46, 4.794, 1.148] used on [0, 255] pixels.
 IMAGENET_EIGENVALUES_01 = np.array([0.2175, 0.0188, 0.0045], dtype=np.float32)
@@ -45,7 +46,7 @@ def _band_matrix(channels, depth_radius, groups=1):
 
 
 def _neg_pow(d, beta):
-    """``d ** -beta`` without exp/log for the usual exponents (the paper's is 0.75)."""
+    """``d ** -beta`` without exp/log for the usual exponents (docs/paper.md §3.3: 0.75)."""
     if beta == 0.75:
         r = tf.math.rsqrt(d)
         return r * tf.sqrt(r)
@@ -65,7 +66,7 @@ def _band_product(t, band, bias=None):
     return tf.reshape(y, shape)
 
 
-def local_response_normalization(x, depth_radius=2, bias=2.0, alpha=1e-4, beta=0.75, groups=1):
+def local_response_normalization(x, depth_radius, bias, alpha, beta, groups=1):
     """The paper's LRN over the last axis of ``x`` as a banded matmul with its own gradient.
 
     The sum of squares over a window of ``2 * depth_radius + 1`` channels is the product
@@ -123,19 +124,18 @@ class LocalResponseNormalization(keras.layers.Layer):
 
         b_i = a_i / (k + alpha * sum_{j=max(0, i-n/2)}^{min(N-1, i+n/2)} a_j**2) ** beta
 
-    with ``n = 2 * depth_radius + 1``. The paper's values, the defaults here, are
-    ``k=2, n=5, alpha=1e-4, beta=0.75``; the sum is **not** divided by ``n``.
+    with ``n = 2 * depth_radius + 1``; the sum is **not** divided by ``n``. The defaults
+    are the paper's values (docs/paper.md §3.3, `keras_alexnet.variants.PAPER_LRN`).
 
     This is `tf.nn.local_response_normalization(x, depth_radius, bias=k, alpha, beta)`
     exactly. Other frameworks divide alpha by the window size ``n``:
 
-    - PyTorch ``nn.LocalResponseNorm(size=n, alpha=n * alpha, beta, k)`` is this layer
-      (e.g. ``size=5, alpha=5e-4`` for the paper).
+    - PyTorch ``nn.LocalResponseNorm(size=n, alpha=n * alpha, beta, k)`` is this layer.
     - Caffe's ``LRN`` layer (``local_size=n, alpha=A, k=K``) is this layer with
-      ``alpha=A / n, bias=K``: bvlc_alexnet's ``local_size=5, alpha=1e-4, k=1`` is
-      ``LocalResponseNormalization(2, bias=1.0, alpha=2e-5)``.
-    - Krizhevsky's 2012 code (cuda-convnet ``CrossMap`` norm) also divides by ``n``:
-      ``alpha=2e-5, bias=2`` here.
+      ``alpha=A / n, bias=K`` (the ``"bvlc_alexnet"`` variant's values in
+      `keras_alexnet.variants.VARIANTS`).
+    - Krizhevsky's 2012 code (cuda-convnet ``CrossMap`` norm) also divides by ``n``
+      (the ``"original"`` preset of `keras_alexnet.recipes`).
 
     ``groups=g`` splits the channels into ``g`` equal groups and normalises each on its
     own: a channel's window never reaches into a neighbouring group. That is what the
@@ -152,10 +152,10 @@ class LocalResponseNormalization(keras.layers.Layer):
     normalised in float32 and cast back; the result's dtype is the input's.
 
     Args:
-        depth_radius: half-width ``n // 2`` of the window over channels. Default 2.
-        bias: the additive constant ``k``. Default 2.0.
-        alpha: the scale ``alpha`` (not divided by the window size). Default 1e-4.
-        beta: the exponent ``beta``. Default 0.75.
+        depth_radius: half-width ``n // 2`` of the window over channels.
+        bias: the additive constant ``k``.
+        alpha: the scale ``alpha`` (not divided by the window size).
+        beta: the exponent ``beta``.
         groups: number of channel groups normalised separately. Default 1.
         implementation: ``"matmul"`` (default, fast) or ``"tf_nn"`` (reference).
         **kwargs: standard `keras.layers.Layer` arguments (e.g. ``name``).
@@ -173,7 +173,8 @@ class LocalResponseNormalization(keras.layers.Layer):
         Convolutional Neural Networks", NIPS 2012, §3.3.
     """
 
-    def __init__(self, depth_radius=2, bias=2.0, alpha=1e-4, beta=0.75, groups=1,
+    def __init__(self, depth_radius=PAPER_LRN["depth_radius"], bias=PAPER_LRN["bias"],
+                 alpha=PAPER_LRN["alpha"], beta=PAPER_LRN["beta"], groups=1,
                  implementation="matmul", **kwargs):
         super().__init__(**kwargs)
         if implementation not in LRN_IMPLEMENTATIONS:
@@ -394,7 +395,7 @@ class GroupedConv2D(keras.layers.Layer):
     same function as two towers of plain `keras.layers.Conv2D` whose kernels are the two
     halves of this kernel along the last axis (`keras_alexnet.model.towers_to_grouped`
     converts the weights). Unlike `keras.layers.Conv2D(groups=...)`, which Keras runs
-    through XLA on the TensorFlow backend (about 4x slower to train on CPU, PERF_NOTES),
+    through XLA on the TensorFlow backend (about 4x slower to train on CPU),
     this goes to TensorFlow's native (oneDNN) kernels. Its gradient on CPU needs oneDNN
     (the default; ``TF_ENABLE_ONEDNN_OPTS=0`` makes it fail), so the two-tower model is
     the default and this is the ``grouping="grouped"`` option.

@@ -15,8 +15,8 @@ Layer names follow the paper: conv1_a / conv1_b, lrn1_a, pool1_a, ..., fc6, fc7,
 the towers, conv1, lrn1, pool1, ... for the one-device layouts.
 
 The published ImageNet AlexNets are variants of the same builder, ``AlexNet(variant=...)``
-(`VARIANTS`): Caffe's ``"bvlc_alexnet"`` and ``"caffenet"`` and torchvision's
-``"torchvision"``; `keras_alexnet.convert` reads their weight files into them.
+(`keras_alexnet.variants.VARIANTS`): Caffe's ``"bvlc_alexnet"`` and ``"caffenet"`` and
+torchvision's ``"torchvision"``; `keras_alexnet.convert` reads their weight files into them.
 """
 
 import numpy as np
@@ -25,15 +25,16 @@ import tensorflow as tf
 
 from keras_alexnet.keras_compat import TowerTrainStep, colocate_optimizer_slots
 from keras_alexnet.layers import PAPER_LAYERS, ChannelSlice, GroupedConv2D, LocalResponseNormalization, OnDevice
+from keras_alexnet.variants import VARIANTS, variant_defaults
 
-# The paper's five conv layers (§3.5): (kernels, size, stride, padding, towers-only input).
-# "own_tower" means the layer sees only the maps of its own tower (Fig. 2).
+# The paper's five conv layers (§3.5; the kernel counts are the variant's `conv_filters`).
+# ``reads``: the input image, only its own tower's maps, or both towers' maps (Fig. 2).
 CONV_LAYERS = {
-    "conv1": dict(filters=96, size=11, stride=4, padding="valid", own_tower=True),
-    "conv2": dict(filters=256, size=5, stride=1, padding="same", own_tower=True),
-    "conv3": dict(filters=384, size=3, stride=1, padding="same", own_tower=False),
-    "conv4": dict(filters=384, size=3, stride=1, padding="same", own_tower=True),
-    "conv5": dict(filters=256, size=3, stride=1, padding="same", own_tower=True),
+    "conv1": dict(size=11, stride=4, padding="valid", reads="image"),
+    "conv2": dict(size=5, stride=1, padding="same", reads="own_tower"),
+    "conv3": dict(size=3, stride=1, padding="same", reads="both_towers"),
+    "conv4": dict(size=3, stride=1, padding="same", reads="own_tower"),
+    "conv5": dict(size=3, stride=1, padding="same", reads="own_tower"),
 }
 # LRN after the ReLU of conv1 and conv2 (§3.3); overlapping 3/2 max pooling after conv1,
 # conv2 and conv5 (§3.4).
@@ -45,6 +46,11 @@ POOL_AFTER = {"conv1": "pool1", "conv2": "pool2", "conv5": "pool5"}
 # wrong.)
 POSITIVE_BIAS_LAYERS = ("conv2", "conv4", "conv5", "fc6", "fc7")
 GROUPINGS = ("towers", "grouped", "none")
+LRN_ORDERS = ("lrn_pool", "pool_lrn")
+# torchvision's AdaptiveAvgPool2d((6, 6)) before fc6.
+TORCHVISION_POOL5 = 6
+# A per-layer ``weight_stddev`` dict without a "default" entry: the paper's (§5).
+PAPER_STDDEV = VARIANTS["paper"]["weight_stddev"]
 
 
 def default_devices():
@@ -101,58 +107,8 @@ class AlexNetModel(TowerTrainStep, keras.Model):
 
 def _weight_stddev(weight_stddev, layer):
     if isinstance(weight_stddev, dict):
-        weight_stddev = weight_stddev.get(layer, weight_stddev.get("default", 0.01))
+        weight_stddev = weight_stddev.get(layer, weight_stddev.get("default", PAPER_STDDEV))
     return weight_stddev if weight_stddev == "he" else float(weight_stddev)
-
-
-# The published ImageNet AlexNets (REFERENCE.md, "Published trained AlexNets"): each
-# variant is a set of defaults for `AlexNet`'s arguments plus two structural facts that
-# are not arguments (where the LRN window may reach, and where dropout sits).
-# - "paper": §3.5 as above. Each tower normalises its own maps (the paper's GPUs).
-# - "bvlc_alexnet": Caffe's models/bvlc_alexnet/deploy.prototxt. conv->relu->norm->pool;
-#   `group: 2` in conv2, conv4, conv5; LRN local_size 5, alpha 1e-4, beta 0.75, k 1, and
-#   Caffe divides alpha by local_size: our alpha 2e-5, bias 1. Caffe's LRN layer is not
-#   grouped: it normalises across all maps of both towers. Initialisation of its
-#   train_val.prototxt: N(0, 0.01) (fc6, fc7: 0.005), biases 0.1 where the paper has 1.
-# - "caffenet": models/bvlc_reference_caffenet: the same with conv->relu->pool->norm.
-# - "torchvision": torchvision.models.alexnet ("one weird trick", Krizhevsky 2014):
-#   64/192/384/256/256 kernels, conv1 padded by 2 on 224x224 inputs, no LRN, no groups,
-#   Dropout -> fc6 -> ReLU -> Dropout -> fc7 -> ReLU -> fc8. Its AdaptiveAvgPool2d((6, 6))
-#   is the identity on the 6x6 pool5 of a 224 input; other sizes are refused with the top.
-#   Its initialisation (PyTorch's defaults) is not reproduced: the variant is for
-#   converted weights; from scratch it starts like the paper.
-VARIANTS = {
-    "paper": dict(
-        input_shape=(227, 227, 3), conv_filters=(96, 256, 384, 384, 256), conv1_padding=0,
-        grouping="towers", lrn=True, lrn_depth_radius=2, lrn_bias=2.0, lrn_alpha=1e-4,
-        lrn_beta=0.75, lrn_order="lrn_pool", weight_stddev=0.01, positive_bias=1.0,
-        lrn_across_towers=False, dropout_after=("fc6", "fc7"),
-    ),
-    "bvlc_alexnet": dict(
-        input_shape=(227, 227, 3), conv_filters=(96, 256, 384, 384, 256), conv1_padding=0,
-        grouping="towers", lrn=True, lrn_depth_radius=2, lrn_bias=1.0, lrn_alpha=2e-5,
-        lrn_beta=0.75, lrn_order="lrn_pool",
-        weight_stddev={"fc6": 0.005, "fc7": 0.005, "default": 0.01}, positive_bias=0.1,
-        lrn_across_towers=True, dropout_after=("fc6", "fc7"),
-    ),
-    "torchvision": dict(
-        input_shape=(224, 224, 3), conv_filters=(64, 192, 384, 256, 256), conv1_padding=2,
-        grouping="none", lrn=False, lrn_depth_radius=2, lrn_bias=2.0, lrn_alpha=1e-4,
-        lrn_beta=0.75, lrn_order="lrn_pool", weight_stddev=0.01, positive_bias=1.0,
-        lrn_across_towers=False, dropout_after=("pool5", "fc6"),
-    ),
-}
-VARIANTS["caffenet"] = dict(VARIANTS["bvlc_alexnet"], lrn_order="pool_lrn")
-LRN_ORDERS = ("lrn_pool", "pool_lrn")
-# torchvision's AdaptiveAvgPool2d((6, 6)) before fc6.
-TORCHVISION_POOL5 = 6
-
-
-def variant_defaults(variant):
-    """The argument defaults `AlexNet` uses for ``variant`` (a copy of `VARIANTS`)."""
-    if variant not in VARIANTS:
-        raise ValueError(f"variant must be one of {tuple(VARIANTS)}, got {variant!r}.")
-    return dict(VARIANTS[variant])
 
 
 def _resolve_variant(weights, variant):
@@ -162,6 +118,92 @@ def _resolve_variant(weights, variant):
 
         variant = weight_files.weights_variant(weights)
     return "paper" if variant is None else variant
+
+
+def _initializers(weight_stddev, positive_bias, seed):
+    """``init(layer)``: the ``kernel_initializer`` and ``bias_initializer`` arguments of a
+    paper layer (§5), each kernel drawn with the next seed from ``seed`` (None: random)."""
+    seeds = iter(range(1000)) if seed is None else iter(range(seed, seed + 1000))
+
+    def init(layer):
+        s = None if seed is None else next(seeds)
+        std = _weight_stddev(weight_stddev, layer)
+        if std == "he":  # N(0, 2 / fan_in): He et al. 2015, for unit-scale inputs
+            kernel = keras.initializers.VarianceScaling(2.0, "fan_in", "untruncated_normal", seed=s)
+        else:
+            kernel = keras.initializers.RandomNormal(0.0, std, seed=s)
+        bias = keras.initializers.Constant(positive_bias if layer in POSITIVE_BIAS_LAYERS else 0.0)
+        return dict(kernel_initializer=kernel, bias_initializer=bias)
+
+    return init
+
+
+def per_tower(xs, makers, devices):
+    """Applies ``makers`` in turn to each stream of ``xs``. Two streams are the towers:
+    ``make("_a")`` builds tower a's layer and ``make("_b")`` tower b's, each run on its
+    tower's device; one stream (the one-device layouts) gets one ``make("")``."""
+    if len(xs) == 1:
+        x = xs[0]
+        for make in makers:
+            x = make("")(x)
+        return [x]
+    outs = []
+    for x, tower, device in zip(xs, "ab", devices):
+        for make in makers:
+            x = OnDevice(make(f"_{tower}"), device=device)(x)
+        outs.append(x)
+    return outs
+
+
+def cross_tower_lrn(xs, make_lrn, name):
+    """Caffe's LRN (not grouped) on both towers' maps together: ``{name}_input`` joins
+    them, ``{name}`` normalises, ``{name}_a`` and ``{name}_b`` hand each tower its half."""
+    half = xs[0].shape[-1]
+    both = keras.layers.Concatenate(name=f"{name}_input")(xs)
+    both = make_lrn(name)(both)
+    return [ChannelSlice(0, half, name=f"{name}_a")(both),
+            ChannelSlice(half, 2 * half, name=f"{name}_b")(both)]
+
+
+def conv_block(xs, layer, filters, grouping, devices, lrn, lrn_order, across_towers, make_lrn,
+               conv_args):
+    """One conv layer of the table with its ReLU, then its LRN and pooling (if any, in
+    ``lrn_order``) on each stream; ``make_lrn(name)`` builds an LRN layer."""
+    spec = CONV_LAYERS[layer]
+    if len(xs) == 2 and spec["reads"] == "both_towers":
+        both = keras.layers.Concatenate(name=f"{layer}_input")(xs)
+        xs = [both, both]
+    grouped = grouping == "grouped" and spec["reads"] == "own_tower"
+
+    def conv(suffix):
+        args = dict(strides=spec["stride"], padding=spec["padding"], activation="relu",
+                    name=layer + suffix, **conv_args(layer))
+        if grouped:
+            return GroupedConv2D(filters, spec["size"], groups=2, **args)
+        return keras.layers.Conv2D(filters // 2 if suffix else filters, spec["size"], **args)
+
+    n = layer[-1]
+    after = []
+    if lrn and layer in LRN_AFTER:
+        after.append("lrn")
+    if layer in POOL_AFTER:
+        after.insert(0 if lrn_order == "pool_lrn" else len(after), "pool")
+    makers = {"lrn": lambda suffix: make_lrn(f"lrn{n}{suffix}"),
+              "pool": lambda suffix: keras.layers.MaxPooling2D(3, 2, name=POOL_AFTER[layer] + suffix)}
+    if len(xs) == 2 and across_towers and "lrn" in after:
+        i = after.index("lrn")
+        xs = per_tower(xs, [conv] + [makers[op] for op in after[:i]], devices)
+        xs = cross_tower_lrn(xs, make_lrn, f"lrn{n}")
+        return per_tower(xs, [makers[op] for op in after[i + 1:]], devices)
+    return per_tower(xs, [conv] + [makers[op] for op in after], devices)
+
+
+def dense_block(x, layer, units, dropout, dropout_after, dense_args, activation="relu"):
+    """A fully connected layer (with its dropout, ``drop<N>``, if the variant has one)."""
+    x = keras.layers.Dense(units, activation=activation, name=layer, **dense_args(layer))(x)
+    if layer in dropout_after:
+        x = keras.layers.Dropout(dropout, name=f"drop{layer[-1]}")(x)
+    return x
 
 
 def AlexNet(
@@ -203,7 +245,7 @@ def AlexNet(
     (``keras_alexnet.convert`` writes how to make it): Caffe's are 227x227 BGR minus the
     mean, torchvision's 224x224 normalised RGB.
 
-    Arguments left at None take the variant's value (`VARIANTS`); an explicit value
+    Arguments left at None take the variant's value (`keras_alexnet.variants.VARIANTS`); an explicit value
     overrides it.
 
     Args:
@@ -230,20 +272,19 @@ def AlexNet(
         devices: with ``grouping="towers"``: two device names for towers a and b, e.g.
             ``("/GPU:0", "/GPU:1")``. Default `default_devices()`.
         lrn_depth_radius, lrn_bias, lrn_alpha, lrn_beta: local response normalisation
-            (§3.3: n=5, k=2, alpha=1e-4, beta=0.75). Krizhevsky's 2012 code uses
-            ``lrn_alpha=2e-5``; Caffe's bvlc_alexnet ``lrn_alpha=2e-5, lrn_bias=1``
-            (the Caffe variants' defaults).
+            (`LocalResponseNormalization`); default the variant's (the paper's §3.3
+            values, Caffe's for its variants).
         lrn: False removes both LRN layers (the paper's ablation, §3.3). Default: True,
             False for torchvision's.
         lrn_implementation: ``"matmul"`` (default, the fast path) or ``"tf_nn"`` (the
             reference, `tf.nn.local_response_normalization`): the same function, see
             `LocalResponseNormalization`.
         weight_stddev: standard deviation of the zero-mean Gaussian that initialises
-            every kernel (§5: 0.01), or a dict from paper layer name (``"conv3"``, ...,
-            and optionally ``"default"``) to its standard deviation. A value ``"he"``
+            every kernel (default the variant's; the paper's §5), or a dict from paper
+            layer name (``"conv3"``, ..., and ``"default"``) to it. A value ``"he"``
             draws N(0, 2 / fan_in) instead (He et al., 2015), a non-paper option.
-        positive_bias: initial bias of conv2, conv4, conv5, fc6 and fc7 (§5: 1; Caffe's
-            bvlc_alexnet uses 0.1). conv1, conv3 and fc8 biases start at 0.
+        positive_bias: initial bias of conv2, conv4, conv5, fc6 and fc7 (default the
+            variant's; the paper's §5). conv1, conv3 and fc8 biases start at 0.
         dropout: dropout rate of the two dropout layers (§4.2: 0.5), after fc6 and fc7
             (``drop6``, ``drop7``); torchvision's come before fc6 and fc7 (``drop5``,
             ``drop6``: ``dropN`` follows layer N).
@@ -255,7 +296,7 @@ def AlexNet(
         name: model name. Default ``"alexnet"`` (``"alexnet_<variant>"`` for the
             published variants).
         variant: ``"paper"`` (the default, the network above), ``"bvlc_alexnet"``,
-            ``"caffenet"`` or ``"torchvision"`` (see `VARIANTS` and REFERENCE.md). With
+            ``"caffenet"`` or ``"torchvision"`` (see `keras_alexnet.variants.VARIANTS`). With
             ``weights`` given and no variant, the variant of the weights. Kept in the
             model (``model.variant``) through save and load.
         lrn_order: ``"lrn_pool"`` (conv -> ReLU -> LRN -> pool: the paper, bvlc_alexnet)
@@ -277,142 +318,45 @@ def AlexNet(
         conv1_padding=conv1_padding,
     )
     spec.update({k: v for k, v in given.items() if v is not None})
-    grouping, lrn, lrn_order = spec["grouping"], spec["lrn"], spec["lrn_order"]
-    weight_stddev, positive_bias = spec["weight_stddev"], spec["positive_bias"]
-    filters = tuple(int(f) for f in spec["conv_filters"])
-    if name is None:
-        name = "alexnet" if variant == "paper" else f"alexnet_{variant}"
+    grouping, filters = spec["grouping"], tuple(int(f) for f in spec["conv_filters"])
     if grouping not in GROUPINGS:
         raise ValueError(f"grouping must be one of {GROUPINGS}, got {grouping!r}.")
-    if lrn_order not in LRN_ORDERS:
-        raise ValueError(f"lrn_order must be one of {LRN_ORDERS}, got {lrn_order!r}.")
+    if spec["lrn_order"] not in LRN_ORDERS:
+        raise ValueError(f"lrn_order must be one of {LRN_ORDERS}, got {spec['lrn_order']!r}.")
     if len(filters) != 5:
         raise ValueError(f"conv_filters must give 5 kernel counts, got {filters}.")
     if variant == "torchvision" and grouping != "none":
         raise ValueError("torchvision's AlexNet has no groups: grouping must be 'none'.")
-    if devices is None:
-        devices = default_devices()
-    devices = tuple(devices)
+    devices = tuple(default_devices() if devices is None else devices)
     if len(devices) != 2:
         raise ValueError(f"devices must name two devices (towers a and b), got {devices}.")
-    towers = grouping == "towers"
-    seeds = iter(range(1000)) if seed is None else iter(range(seed, seed + 1000))
-    conv_specs = {
-        layer: dict(s, filters=f) for (layer, s), f in zip(CONV_LAYERS.items(), filters)
-    }
-    # Each tower's (or group's) own maps: the paper; all maps: Caffe's (ungrouped) LRN.
-    lrn_groups = 1 if spec["lrn_across_towers"] or grouping == "none" else 2
+    init = _initializers(spec["weight_stddev"], spec["positive_bias"], seed)
 
-    def kernel_init(layer):
-        s = None if seed is None else next(seeds)
-        std = _weight_stddev(weight_stddev, layer)
-        if std == "he":  # N(0, 2 / fan_in): He et al. 2015, for unit-scale inputs
-            return keras.initializers.VarianceScaling(2.0, "fan_in", "untruncated_normal", seed=s)
-        return keras.initializers.RandomNormal(0.0, std, seed=s)
+    def layer_args(layer):
+        return dict(init(layer), kernel_regularizer=kernel_regularizer)
 
-    def bias_init(layer):
-        return keras.initializers.Constant(positive_bias if layer in POSITIVE_BIAS_LAYERS else 0.0)
+    # In the paper each GPU normalises its own maps: each tower's LRN sees its own, the
+    # grouped layout's LRN normalises each half alone. Caffe's LRN, and the one-tower
+    # layout's, see all maps.
+    lrn_groups = 2 if grouping == "grouped" and not spec["lrn_across_towers"] else 1
 
-    def lrn_layer(name, groups=1):
+    def make_lrn(layer_name):
         return LocalResponseNormalization(
-            depth_radius=spec["lrn_depth_radius"],
-            bias=spec["lrn_bias"],
-            alpha=spec["lrn_alpha"],
-            beta=spec["lrn_beta"],
-            groups=groups,
-            implementation=lrn_implementation,
-            name=name,
+            spec["lrn_depth_radius"], spec["lrn_bias"], spec["lrn_alpha"], spec["lrn_beta"],
+            groups=lrn_groups, implementation=lrn_implementation, name=layer_name,
         )
 
-    def pool_layer(name):
-        return keras.layers.MaxPooling2D(pool_size=3, strides=2, name=name)
-
-    def after_conv(layer, suffix="", groups=1):
-        """The layers after a conv's ReLU: LRN and pooling, in the variant's order."""
-        n = layer[-1]
-        ops = []
-        if lrn and layer in LRN_AFTER:
-            ops.append(lrn_layer(f"lrn{n}{suffix}", groups=groups))
-        if layer in POOL_AFTER:
-            pool = pool_layer(f"{POOL_AFTER[layer]}{suffix}")
-            ops.insert(0 if lrn_order == "pool_lrn" else len(ops), pool)
-        return ops
-
-    if input_tensor is None:
-        inputs = keras.Input(shape=spec["input_shape"], name="image")
-    else:
-        inputs = input_tensor
-
-    first = inputs
+    inputs = keras.Input(shape=spec["input_shape"], name="image") if input_tensor is None else input_tensor
+    x = inputs
     if input_scale != 1.0:
-        first = keras.layers.Rescaling(input_scale, name="input_scale")(inputs)
+        x = keras.layers.Rescaling(input_scale, name="input_scale")(x)
     if spec["conv1_padding"]:
-        first = keras.layers.ZeroPadding2D(spec["conv1_padding"], name="pad1")(first)
-
-    if towers:
-        x_a, x_b = first, first
-        for layer, cspec in conv_specs.items():
-            if not cspec["own_tower"]:
-                both = keras.layers.Concatenate(name=f"{layer}_input")([x_a, x_b])
-                x_a, x_b = both, both
-            # Caffe's LRN (not grouped) needs both towers' maps: it runs on them
-            # together (lrn1_input -> lrn1) and each tower takes its half back (lrn1_a).
-            cross = spec["lrn_across_towers"] and lrn and layer in LRN_AFTER
-            pool_first = lrn_order == "pool_lrn" and layer in POOL_AFTER
-            outs = []
-            for tower, x, device in (("a", x_a, devices[0]), ("b", x_b, devices[1])):
-                ops = [
-                    keras.layers.Conv2D(
-                        cspec["filters"] // 2,
-                        cspec["size"],
-                        strides=cspec["stride"],
-                        padding=cspec["padding"],
-                        activation="relu",
-                        kernel_initializer=kernel_init(layer),
-                        bias_initializer=bias_init(layer),
-                        kernel_regularizer=kernel_regularizer,
-                        name=f"{layer}_{tower}",
-                    )
-                ]
-                if not cross:
-                    ops += after_conv(layer, suffix=f"_{tower}")
-                elif pool_first:
-                    ops.append(pool_layer(f"{POOL_AFTER[layer]}_{tower}"))
-                for op in ops:
-                    x = OnDevice(op, device=device)(x)
-                outs.append(x)
-            x_a, x_b = outs
-            if cross:
-                n, half = layer[-1], cspec["filters"] // 2
-                both = keras.layers.Concatenate(name=f"lrn{n}_input")([x_a, x_b])
-                both = lrn_layer(f"lrn{n}")(both)
-                x_a = ChannelSlice(0, half, name=f"lrn{n}_a")(both)
-                x_b = ChannelSlice(half, 2 * half, name=f"lrn{n}_b")(both)
-                if layer in POOL_AFTER and not pool_first:
-                    x_a = OnDevice(pool_layer(f"{POOL_AFTER[layer]}_a"), device=devices[0])(x_a)
-                    x_b = OnDevice(pool_layer(f"{POOL_AFTER[layer]}_b"), device=devices[1])(x_b)
-        x = keras.layers.Concatenate(name="pool5")([x_a, x_b])
-    else:
-        x = first
-        for layer, cspec in conv_specs.items():
-            groups = 2 if grouping == "grouped" and cspec["own_tower"] and layer != "conv1" else 1
-            common = dict(
-                strides=cspec["stride"],
-                padding=cspec["padding"],
-                activation="relu",
-                kernel_initializer=kernel_init(layer),
-                bias_initializer=bias_init(layer),
-                kernel_regularizer=kernel_regularizer,
-                name=layer,
-            )
-            if groups > 1:
-                x = GroupedConv2D(cspec["filters"], cspec["size"], groups=groups, **common)(x)
-            else:
-                x = keras.layers.Conv2D(cspec["filters"], cspec["size"], **common)(x)
-            # In the paper each GPU normalises its own 48 (128) maps: the grouped layout
-            # normalises within each half, the one-tower layout (and Caffe) across all.
-            for op in after_conv(layer, groups=lrn_groups):
-                x = op(x)
+        x = keras.layers.ZeroPadding2D(spec["conv1_padding"], name="pad1")(x)
+    xs = [x, x] if grouping == "towers" else [x]
+    for layer, f in zip(CONV_LAYERS, filters):
+        xs = conv_block(xs, layer, f, grouping, devices, spec["lrn"], spec["lrn_order"],
+                        spec["lrn_across_towers"], make_lrn, layer_args)
+    x = keras.layers.Concatenate(name="pool5")(xs) if len(xs) == 2 else xs[0]
 
     if include_top:
         if variant == "torchvision" and tuple(x.shape[1:3]) != (TORCHVISION_POOL5,) * 2:
@@ -425,33 +369,18 @@ def AlexNet(
         if "pool5" in spec["dropout_after"]:
             x = keras.layers.Dropout(dropout, name="drop5")(x)
         for layer in ("fc6", "fc7"):
-            x = keras.layers.Dense(
-                fc_units,
-                activation="relu",
-                kernel_initializer=kernel_init(layer),
-                bias_initializer=bias_init(layer),
-                kernel_regularizer=kernel_regularizer,
-                name=layer,
-            )(x)
-            if layer in spec["dropout_after"]:
-                x = keras.layers.Dropout(dropout, name=f"drop{layer[-1]}")(x)
-        x = keras.layers.Dense(
-            classes,
-            kernel_initializer=kernel_init("fc8"),
-            bias_initializer=bias_init("fc8"),
-            kernel_regularizer=kernel_regularizer,
-            name="fc8",
-        )(x)
+            x = dense_block(x, layer, fc_units, dropout, spec["dropout_after"], layer_args)
+        x = dense_block(x, "fc8", classes, dropout, (), layer_args, activation=None)
         if classifier_activation is not None:
             # Softmax in float32 even under mixed precision, for a stable loss.
-            x = keras.layers.Activation(
-                classifier_activation, dtype="float32", name="predictions"
-            )(x)
+            x = keras.layers.Activation(classifier_activation, dtype="float32", name="predictions")(x)
     elif pooling == "avg":
         x = keras.layers.GlobalAveragePooling2D(name="avg_pool")(x)
     elif pooling == "max":
         x = keras.layers.GlobalMaxPooling2D(name="max_pool")(x)
 
+    if name is None:
+        name = "alexnet" if variant == "paper" else f"alexnet_{variant}"
     model = AlexNetModel(inputs, x, name=name, variant=variant)
     if weights is not None:
         if str(weights).endswith(".weights.h5"):

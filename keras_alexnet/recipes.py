@@ -1,13 +1,22 @@
 """Training recipes: the paper's, Krizhevsky's 2012 code's, Caffe's, and a tiny one.
 
 Every hyper-parameter has one home, `Recipe`, whose defaults are the paper's values with
-their section beside them. A preset is data: a mapping from field to ``(value, source)``
-applied on top of those defaults. Command-line flags override a preset field by field.
+their section beside them; the network's own constants (LRN, initialisation) are those of
+its variant, `keras_alexnet.variants.VARIANTS`, unless the recipe sets them. A preset is
+data: a mapping from field to ``(value, source)`` applied on top of those defaults.
+Command-line flags override a preset field by field.
 """
 
+import copy
 import dataclasses
 import json
 from typing import Optional, Union
+
+from keras_alexnet.variants import variant_defaults
+
+# The model fields that default to the variant's value (None until `Recipe` resolves them).
+VARIANT_FIELDS = ("lrn", "lrn_depth_radius", "lrn_bias", "lrn_alpha", "lrn_beta",
+                  "weight_stddev", "positive_bias")
 
 
 @dataclasses.dataclass
@@ -27,14 +36,16 @@ class Recipe:
     plateau_patience: int = 5  # not in the paper (it decided by eye); a flag
     max_lr_reductions: int = 3  # §5
     lr_steps: tuple = ()  # with schedule="steps": epochs at which lr *= lr_factor
-    # Model (§3, §5).
-    lrn: bool = True  # §3.3
-    lrn_depth_radius: int = 2  # §3.3 n = 5
-    lrn_bias: float = 2.0  # §3.3 k = 2
-    lrn_alpha: float = 1e-4  # §3.3 alpha (not divided by n)
-    lrn_beta: float = 0.75  # §3.3
-    weight_stddev: Union[float, dict] = 0.01  # §5 N(0, 0.01)
-    positive_bias: float = 1.0  # §5 biases of conv2, conv4, conv5, fc6, fc7
+    # Model (§3, §5). `VARIANT_FIELDS` left at None take the variant's values (the
+    # paper's: §3.3 LRN, §5 N(0, 0.01) kernels and biases of 1).
+    variant: str = "paper"  # which AlexNet (keras_alexnet.variants.VARIANTS)
+    lrn: Optional[bool] = None  # §3.3
+    lrn_depth_radius: Optional[int] = None  # §3.3 n = 5
+    lrn_bias: Optional[float] = None  # §3.3 k
+    lrn_alpha: Optional[float] = None  # §3.3 alpha (not divided by n)
+    lrn_beta: Optional[float] = None  # §3.3
+    weight_stddev: Union[float, dict, None] = None  # §5; a dict: per paper layer
+    positive_bias: Optional[float] = None  # §5 biases of conv2, conv4, conv5, fc6, fc7
     dropout: float = 0.5  # §4.2
     fc_units: int = 4096  # §3.5
     input_scale: float = 1.0  # §2 raw pixels minus the mean; 1/64 gives ~unit variance
@@ -47,6 +58,13 @@ class Recipe:
     # Not hyper-parameters of the network, but of the run.
     seed: int = 0
 
+    def __post_init__(self):
+        # The numbers used, not None, so that config.json records them.
+        defaults = variant_defaults(self.variant)
+        for name in VARIANT_FIELDS:
+            if getattr(self, name) is None:
+                setattr(self, name, copy.deepcopy(defaults[name]))
+
     def to_dict(self):
         return dataclasses.asdict(self)
 
@@ -57,6 +75,8 @@ class Recipe:
         if unknown:
             raise ValueError(f"unknown recipe fields: {sorted(unknown)}")
         values = dict(values)
+        # Runs recorded before the field existed were all built as the paper's network.
+        values.setdefault("variant", "paper")
         if "lr_steps" in values:
             values["lr_steps"] = tuple(values["lr_steps"])
         return cls(**values)
@@ -64,6 +84,7 @@ class Recipe:
     def model_kwargs(self):
         """The arguments of `keras_alexnet.AlexNet` this recipe sets."""
         return dict(
+            variant=self.variant,
             lrn=self.lrn,
             lrn_depth_radius=self.lrn_depth_radius,
             lrn_bias=self.lrn_bias,
@@ -85,7 +106,7 @@ PRESETS = {
     # The paper's text: the defaults of `Recipe`.
     "paper": {},
     # Krizhevsky's own 2012 code (computerhistory/AlexNet-Source-Code, layers-145.cfg and
-    # layer-params-145.cfg); REFERENCE.md "The 2012 code differs from the paper text".
+    # layer-params-145.cfg); docs/paper.md "Krizhevsky's 2012 code".
     "original": {
         "lrn_alpha": (2e-5, "cuda-convnet CrossMap norm divides alpha=1e-4 by size 5"),
         "weight_stddev": (_CONV345_003, "layers-145.cfg: initW=0.03 in conv3, conv4, conv5"),
@@ -96,10 +117,8 @@ PRESETS = {
     },
     # Caffe's bvlc_alexnet (models/bvlc_alexnet/train_val.prototxt, solver.prototxt).
     "caffe": {
-        "positive_bias": (0.1, "train_val.prototxt: bias_filler 0.1 ('1 gave flat loss')"),
-        "lrn_bias": (1.0, "LRN k=1 (Caffe's default)"),
-        "lrn_alpha": (2e-5, "Caffe LRN alpha=1e-4 divided by local_size 5"),
-        "weight_stddev": ({"fc6": 0.005, "fc7": 0.005, "default": 0.01}, "gaussian std 0.005 in fc6, fc7"),
+        "variant": ("bvlc_alexnet", "deploy.prototxt: LRN k=1, alpha 1e-4/5 across both towers; "
+                                    "train_val.prototxt: bias_filler 0.1, gaussian std 0.005 in fc6, fc7"),
         "pca_stddev": (0.0, "no PCA lighting noise"),
         "batch_size": (256, "train_val.prototxt batch_size 256"),
         "schedule": ("steps", "solver.prototxt lr_policy 'step'"),
@@ -172,12 +191,16 @@ def preset_sources(name):
 
 
 def resolve(name, overrides=None):
-    """A preset with field overrides applied (None values are ignored)."""
-    values = preset(name).to_dict()
+    """A preset with field overrides applied (None values are ignored). Fields the
+    preset and the overrides leave unset take the defaults of `Recipe` (the variant's
+    for `VARIANT_FIELDS`)."""
+    preset(name)  # the name checked
+    values = {k: v for k, (v, _) in PRESETS[name].items()}
+    names = {f.name for f in dataclasses.fields(Recipe)}
     for key, value in (overrides or {}).items():
         if value is None:
             continue
-        if key not in values:
+        if key not in names:
             raise ValueError(f"unknown recipe field {key!r}")
         values[key] = value
     return Recipe.from_dict(values)

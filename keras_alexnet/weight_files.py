@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from keras_alexnet.layers import PAPER_LAYERS
+from keras_alexnet.variants import VARIANTS
 from keras_alexnet.weight_readers import (
     ConversionError,
     load_npy_dict,
@@ -57,8 +58,15 @@ def detect_variant(layers):
     return None
 
 
-# Caffe's bvlc nets: LRN local_size 5, alpha 1e-4, beta 0.75, k 1 (alpha divided by size).
-CAFFE_LRN = {"local_size": 5.0, "alpha": 1e-4, "beta": 0.75, "k": 1.0}
+def _caffe_lrn():
+    """bvlc_alexnet's LRN in Caffe's own units: Caffe divides its alpha by local_size."""
+    v = VARIANTS["bvlc_alexnet"]
+    size = 2 * v["lrn_depth_radius"] + 1
+    return {"local_size": float(size), "alpha": v["lrn_alpha"] * size, "beta": v["lrn_beta"],
+            "k": v["lrn_bias"]}
+
+
+CAFFE_LRN = _caffe_lrn()
 
 
 def _check_prototxt_lrn(layers, where):

@@ -15,7 +15,7 @@ from keras_alexnet import data, runs, stats as stats_lib
 PACKAGE = Path(__file__).resolve().parents[1] / "keras_alexnet"
 # The layers, bottom first: a module may import only modules of its own layer or below.
 LAYERS = [
-    {"console", "keras_compat", "imagenet", "recipes", "synthetic", "metrics", "weight_readers"},
+    {"console", "keras_compat", "imagenet", "recipes", "synthetic", "metrics", "weight_readers", "variants"},
     {"layers"},
     {"model", "data", "weight_files"},
     {"stats"},

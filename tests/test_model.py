@@ -17,7 +17,7 @@ from keras_alexnet.model import grouped_to_towers, layer_table, towers_to_groupe
 
 from test_layers import lrn_reference
 
-# Paper §3.5 / REFERENCE.md: weights + biases per layer. Two towers (groups) and one tower.
+# Paper §3.5 (docs/paper.md): weights + biases per layer. Two towers (groups) and one tower.
 PAPER_PARAMS = {
     "conv1": 34_944,
     "conv2": 307_456,

@@ -65,6 +65,8 @@ def int_list(text):
 
 
 def parse_args(argv=None):
+    from keras_alexnet.preprocessing import MEAN_MODES
+
     p = argparse.ArgumentParser(description=__doc__, epilog=EPILOG,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     d = p.add_argument_group("data")
@@ -91,7 +93,7 @@ def parse_args(argv=None):
     r.add_argument("--patience", dest="plateau_patience", type=positive_int, help="plateau epochs before lr / 10")
     r.add_argument("--max-lr-reductions", type=int)
     r.add_argument("--lr-steps", type=int_list, help="with --schedule steps: epochs, e.g. 25,51,79")
-    r.add_argument("--mean", choices=("image", "channel", "none"))
+    r.add_argument("--mean", choices=MEAN_MODES)
     r.add_argument("--pca-stddev", type=non_negative_float)
     r.add_argument("--resize-size", type=positive_int)
     r.add_argument("--crop-size", type=positive_int)
@@ -150,7 +152,7 @@ def main(argv=None):
     output_dir = args.output_dir or f"runs/{'default' if builtin else preset}"
 
     # Heavy imports only after the flags are known to be good.
-    from keras_alexnet import data, recipes, runs, synthetic, training
+    from keras_alexnet import recipes, run_files, sources, synthetic, training
 
     # Multi-worker collectives must be configured before TensorFlow runs any op.
     try:
@@ -171,9 +173,9 @@ def main(argv=None):
             print(f"No --data-dir: using the built-in synthetic dataset in {data_dir}", flush=True)
         else:
             data_dir = Path(args.data_dir).expanduser()
-        train_source = data.load_source(data_dir, args.train_split, tfds_name=args.tfds, manual_dir=args.manual_dir,
+        train_source = sources.load_source(data_dir, args.train_split, tfds_name=args.tfds, manual_dir=args.manual_dir,
                                         class_index=args.class_index)
-        val_source = data.load_source(data_dir, args.val_split, tfds_name=args.tfds, manual_dir=args.manual_dir,
+        val_source = sources.load_source(data_dir, args.val_split, tfds_name=args.tfds, manual_dir=args.manual_dir,
                                       class_index=args.class_index, class_names=train_source.class_names)
         if val_source.num_classes != train_source.num_classes:
             raise ValueError(f"{val_source.location} has {val_source.num_classes} classes, "
@@ -196,10 +198,10 @@ def main(argv=None):
         argv = list(sys.argv[1:] if argv is None else argv)
         print(divergence_message(e, argv, recipe.learning_rate), file=sys.stderr)
         return EXIT_DIVERGED
-    except runs.RunWriteError as e:
+    except run_files.RunWriteError as e:
         print(f"train.py: error: {e}", file=sys.stderr)
         return EXIT_WRITE_FAILED
-    except runs.RunError as e:  # another configuration, a locked or damaged run directory
+    except run_files.RunError as e:  # another configuration, a locked or damaged run directory
         print(f"train.py: error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
     print("\n" + training.format_summary(summary))

@@ -222,12 +222,12 @@ def run_e2e(cfg):
     random crop, flip, PCA colour noise) over ``e2e_data`` (default: Imagenette under
     ../shared/data), batch 128; inference is then timed on the synthetic batch."""
     try:
-        from keras_alexnet import data
+        from keras_alexnet import data, sources
     except ImportError as e:
         return dict(skipped=f"keras_alexnet.data not importable: {e}")
     root = cfg.get("e2e_data") or E2E_DATA
     try:
-        source = data.folder_source(root, "train", class_index="imagenet")
+        source = sources.folder_source(root, "train", class_index="imagenet")
         ds = data.training_dataset(source, cfg["batch"], seed=0, drop_remainder=True)
     except Exception as e:  # the module is young: report, do not crash the benchmark
         return dict(skipped=f"keras_alexnet.data API: {type(e).__name__}: {e}")

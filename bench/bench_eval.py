@@ -45,7 +45,7 @@ sys.path.insert(0, str(REPO / "bench"))
 import _common  # noqa: E402
 from _common import cpu_seconds  # noqa: E402
 import keras_alexnet  # noqa: E402
-from keras_alexnet import data, evaluation, runs  # noqa: E402
+from keras_alexnet import evaluation, preprocessing as pre_lib, runs, sources  # noqa: E402
 
 SHARED = REPO.parent / "shared" / "data"
 VAL = SHARED / "imagenette" / "val"
@@ -69,7 +69,7 @@ def fresh_run(model, class_index):
     """A `keras_alexnet.runs.Run` around an in-memory model (no run directory): 227 crops
     of a 256 square, the ImageNet mean pixel subtracted as a 256x256 mean image."""
     mean_image = np.broadcast_to(np.float32(IMAGENET_RGB_MEAN), (256, 256, 3)).copy()
-    preprocessing = runs.Preprocessing(crop_size=227, resize_size=256, mean_mode="image",
+    preprocessing = pre_lib.Preprocessing(crop_size=227, resize_size=256, mean_mode="image",
                                        mean=mean_image, source="the ImageNet mean pixel")
     run = runs.Run(path=None, model_path=Path("<in-memory>"), config={}, kind="model",
                    preprocessing=preprocessing, class_names=None, class_index=class_index,
@@ -103,7 +103,7 @@ def main():
         sys.exit(f"bench_eval.py: {VAL} not found (the Imagenette validation JPEGs)")
 
     info = machine()
-    full = data.folder_source(VAL, None)
+    full = sources.folder_source(VAL, None)
     source = spread_subset(full, args.images)
     model = keras_alexnet.AlexNet(seed=0)  # 227x227, 1000 classes, two towers
     fresh = fresh_run(model, source.class_index)

@@ -46,18 +46,18 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 import _common  # noqa: E402
 from _common import cpu_seconds  # noqa: E402
-from keras_alexnet import data  # noqa: E402
+from keras_alexnet import data, preprocessing as pre_lib, sources  # noqa: E402
 
 SHARED = REPO.parent / "shared" / "data"
 BATCH = 128
-RESIZE, CROP = data.RESIZE_SIZE, data.CROP_SIZE
+RESIZE, CROP = pre_lib.RESIZE_SIZE, pre_lib.CROP_SIZE
 
 
 def combined_source():
     """Imagenette train and the ImageNet sample as one source (ImageNet indices)."""
     parts = [
-        data.folder_source(SHARED / "imagenette" / "train"),
-        data.folder_source(SHARED / "imagenet-sample" / "val", None),
+        sources.folder_source(SHARED / "imagenette" / "train"),
+        sources.folder_source(SHARED / "imagenet-sample" / "val", None),
     ]
     paths = np.concatenate([p.paths for p in parts])
     labels = np.concatenate([p.labels for p in parts])

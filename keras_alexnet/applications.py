@@ -2,7 +2,7 @@
 and `decode_predictions`.
 
 ``keras.applications`` models share one preprocessing per architecture; here every run
-records its own (`keras_alexnet.runs.Preprocessing`: the training set's mean image or a
+records its own (`keras_alexnet.preprocessing.Preprocessing`: the training set's mean image or a
 converted network's channel mean, std and channel order), so both functions take the
 run::
 
@@ -13,9 +13,10 @@ run::
     # [[('n02123045', 'tabby', 0.61), ...]]   an ImageNet run
     # [[('disc', 'disc', 0.93), ...]]          a compact run (its folder names)
 
-`preprocess_input` is `Preprocessing.network_input` as a pure TF function (numpy in,
-numpy out; tensor in, tensor out; usable inside `tf.data.Dataset.map` and
-`tf.function`), the same ops the evaluation pipeline applies to a centre crop.
+`preprocess_input` is `keras_alexnet.preprocessing.Preprocessing.network_input`, a pure
+TF function (numpy in, numpy out; tensor in, tensor out; usable inside
+`tf.data.Dataset.map` and `tf.function`), the same ops the evaluation pipeline applies
+to a centre crop.
 """
 
 from __future__ import annotations
@@ -23,9 +24,9 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
-from keras_alexnet import data as data_lib
 from keras_alexnet import imagenet
 from keras_alexnet import runs
+from keras_alexnet.evaluation import top_k_indices
 
 
 def as_run(run):
@@ -37,27 +38,6 @@ def as_run(run):
         raise TypeError("run is required: a keras_alexnet.runs.Run or the path of a run "
                         "(every run records its own preprocessing).")
     return runs.open_run(run)
-
-
-def network_input(crops, preprocessing):
-    """What the network gets for RGB ``[0, 255]`` centre crops, as TF ops: minus the mean
-    (a mean image cropped at the centre window of the resize square), divided by the std,
-    in the network's channel order (`Preprocessing.network_input`).
-
-    Args:
-        crops: float32 tensor ``(..., crop_size, crop_size, 3)``.
-        preprocessing: a `keras_alexnet.runs.Preprocessing`.
-
-    Returns:
-        float32 tensor of the same shape.
-    """
-    x = tf.cast(crops, tf.float32)
-    if preprocessing.mean is not None:
-        mean = tf.constant(preprocessing.mean)
-        if mean.shape.rank == 3:
-            mean = data_lib.center_crop(mean, preprocessing.crop_size)
-        x = x - mean
-    return data_lib.normalize(x, preprocessing.std, preprocessing.channel_order)
 
 
 def preprocess_input(images, run):
@@ -79,8 +59,7 @@ def preprocess_input(images, run):
         ValueError: images of another size than the run's crops.
     """
     pre = as_run(run).preprocessing
-    is_tensor = tf.is_tensor(images)
-    x = images if is_tensor else np.asarray(images)
+    x = images if tf.is_tensor(images) else np.asarray(images)
     shape = tuple(x.shape)
     want = (pre.crop_size, pre.crop_size, 3)
     if len(shape) not in (3, 4) or tuple(shape[-3:]) != want:
@@ -88,8 +67,7 @@ def preprocess_input(images, run):
             f"preprocess_input takes RGB crops {want} or (n, {pre.crop_size}, {pre.crop_size}, 3) "
             f"(the run's crop size), got shape {shape}. Resize and crop first, e.g. with "
             "run.preprocessing.load(paths).")
-    y = network_input(tf.convert_to_tensor(x), pre)
-    return y if is_tensor else y.numpy()
+    return pre.network_input(x)
 
 
 def class_ids(run):
@@ -119,8 +97,8 @@ def decode_predictions(preds, top=5, run=None):
     (an ImageNet wnid ``"n01440764"``, or a compact run's folder name ``"disc"``),
     ``name`` its short human name from the package's synset words (``"tench"``; a
     folder name stays as it is), ``probability`` a Python float. For ImageNet runs this
-    is keras' ``(wnid, name, score)`` layout. Ties rank the lower class index first, as
-    `keras_alexnet.evaluation.predict_files` does.
+    is keras' ``(wnid, name, score)`` layout. Ranked by
+    `keras_alexnet.evaluation.top_k_indices` (ties: the lower class index first).
 
     Args:
         preds: probabilities ``(n, classes)`` or ``(classes,)`` (numpy or tensor).
@@ -149,5 +127,5 @@ def decode_predictions(preds, top=5, run=None):
     if probs.shape[1] != len(ids):
         raise ValueError(f"preds has {probs.shape[1]} classes but {where} has {len(ids)}.")
     names = class_names_of(ids)
-    order = np.argsort(-probs, axis=1, kind="stable")[:, : max(0, int(top))]
+    order = top_k_indices(probs, min(max(0, int(top)), probs.shape[1]))
     return [[(ids[j], names[j], float(row[j])) for j in idx] for row, idx in zip(probs, order)]

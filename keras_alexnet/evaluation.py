@@ -1,6 +1,7 @@
 """Evaluation as the paper reports it, and top-5 predictions with ImageNet class names.
 
-- **Error rates** (§6, Tables 1 and 2): top-1 and top-5 error on a validation split.
+- **Error rates** (docs/paper.md §6, Tables 1 and 2): top-1 and top-5 error on a
+  validation split.
   `in_top_k` / `topk_counts` count a label as found when its score is among the ``k``
   largest; ties at the k-th place count as found, as `tf.math.in_top_k` documents
   ("if multiple classes have the same prediction value and straddle the top-k
@@ -39,13 +40,14 @@ import numpy as np
 import tensorflow as tf
 
 from keras_alexnet import data as data_lib
-from keras_alexnet import runs
+from keras_alexnet import sources
+from keras_alexnet import run_files
 from keras_alexnet.model import outputs_probabilities
 
 CROPS = {"center": 1, "ten": 10}  # crop protocol -> crops per image
 
 
-class EvaluationError(runs.RunError):
+class EvaluationError(run_files.RunError):
     """A model, preprocessing or data set that cannot be evaluated as given (the
     message names the problem and the path)."""
 
@@ -258,14 +260,14 @@ def load_eval_source(run, data_dir, split="val", *, tfds_name=None, manual_dir=N
     """The validation source, indexed the way the run's model outputs are.
 
     The run's ``class_names`` and ``class_index`` are passed to
-    `keras_alexnet.data.load_source`, so a compact run's folder order, or the ImageNet
+    `keras_alexnet.sources.load_source`, so a compact run's folder order, or the ImageNet
     order, is kept even when the split lacks some classes.
 
     Raises:
         EvaluationError: the data's class count differs from the model's.
-        keras_alexnet.data.DatasetError: the data cannot be listed (names the path).
+        keras_alexnet.sources.DatasetError: the data cannot be listed (names the path).
     """
-    source = data_lib.load_source(
+    source = sources.load_source(
         data_dir,
         split,
         tfds_name=tfds_name,
@@ -302,7 +304,7 @@ def run_evaluation(run, source, *, crops="center", top5=True, batch_size=32, pro
     """
     check_num_classes(run, source)
     counter = data_lib.SkipCounter()
-    dataset = run.preprocessing.dataset(source, batch_size, crops, counter)
+    dataset = data_lib.preprocessed_dataset(source, run.preprocessing, batch_size, crops, counter)
     result = evaluate(
         run.model,
         dataset,
@@ -322,7 +324,7 @@ def run_evaluation(run, source, *, crops="center", top5=True, batch_size=32, pro
         non_image_files=len(source.non_image_files),
         batch_size=batch_size,
         preprocessing=dict(run.preprocessing.to_json(), overrides=list(run.overrides)),
-        versions=runs.versions(),
+        versions=run_files.versions(),
         date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     )
     return result
@@ -377,8 +379,25 @@ def json_ready(results):
 # Predictions for image files
 
 
+def top_k_indices(probs, k):
+    """Indices of the ``k`` largest scores of each row, largest first; ties rank the lower
+    class index first (`tf.math.top_k`). The one ranking of predictions: `top_k`,
+    `keras_alexnet.applications.decode_predictions` and the exported SavedModel's
+    ``top5_ids`` use it.
+
+    Args:
+        probs: ``(n, classes)`` scores, numpy or tensor (also inside `tf.function`).
+        k: how many (at most ``classes``).
+
+    Returns:
+        int32 ``(n, k)``: a numpy array for a numpy input, else a tensor.
+    """
+    indices = tf.math.top_k(probs, k=k).indices
+    return indices if tf.is_tensor(probs) else indices.numpy()
+
+
 def top_k(probs, class_names, k=5):
-    """The ``k`` most probable classes of each row of ``probs``.
+    """The ``k`` most probable classes of each row of ``probs`` (`top_k_indices`).
 
     Args:
         probs: array ``(n, classes)`` (or ``(classes,)``).
@@ -398,14 +417,14 @@ def top_k(probs, class_names, k=5):
         raise ValueError(
             f"{len(class_names)} class names for a model with {probs.shape[1]} classes."
         )
-    order = np.argsort(-probs, axis=1, kind="stable")[:, :k]
+    order = top_k_indices(probs, min(int(k), probs.shape[1]))
     return [[(class_names[j], float(p[j])) for j in row] for p, row in zip(probs, order)]
 
 
 def predict_files(run, paths, *, crops="center", k=5, batch_size=16):
     """Top-``k`` classes of image files with the run's preprocessing.
 
-    The images go through the evaluation pipeline itself (`Preprocessing.dataset`:
+    The images go through the evaluation pipeline itself (`keras_alexnet.data.preprocessed_dataset`:
     shorter side to the resize size, central square, centre crop or ten crops, the
     run's mean, std and channel order), each labelled with its position in ``paths`` so
     that the undecodable ones, which the pipeline drops, are known.
@@ -422,14 +441,14 @@ def predict_files(run, paths, *, crops="center", k=5, batch_size=16):
         ``(class index, display name, probability)``, most probable first) and
         ``probabilities`` (all classes), or ``error`` (the file could not be decoded).
     """
-    files = [str(p) for p in data_lib.list_images(paths)]
+    files = [str(p) for p in sources.list_images(paths)]
     if not files:
         raise EvaluationError(f"No image files in {', '.join(map(str, paths))}.")
     num_classes = int(run.model.output_shape[-1])
     names = run.display_names()
     index_names = [str(i) for i in range(num_classes)]
     positions = np.arange(len(files), dtype=np.int32)
-    source = data_lib.Source(
+    source = sources.Source(
         location="predict",
         split="predict",
         class_names=tuple(files),
@@ -441,7 +460,7 @@ def predict_files(run, paths, *, crops="center", k=5, batch_size=16):
         paths=np.array(files, dtype=object),
         labels=positions,
     )
-    dataset = run.preprocessing.dataset(source, batch_size, crops)
+    dataset = data_lib.preprocessed_dataset(source, run.preprocessing, batch_size, crops)
     predict = make_predict_fn(run.model, crops)
     found = {}
     for images, position in dataset:

@@ -12,9 +12,11 @@ TensorFlow only (not Keras, not this package):
 - **SavedModel** (`export_saved_model`): signature ``serving_default`` taking
   ``images``, a batch of encoded JPEG / PNG / GIF / BMP files (tf.string ``[None]``),
   decoded, shorter side resized and central square taken exactly as
-  `keras_alexnet.data.load_image` does, then the centre crop (or the ten crops), the
-  run's mean (image or channel), std and channel order (`keras_alexnet.data`'s own
-  functions, traced), the network, and the softmax (averaged over the ten crops with
+  `keras_alexnet.images.load_image` does, then the centre crop (or the ten crops), the
+  run's mean (image or channel), std and channel order
+  (`keras_alexnet.preprocessing.Preprocessing.views`, traced), the network in float32
+  (`keras_alexnet.runs.serving_model`, whatever precision it was trained in), and the
+  softmax (averaged over the ten crops with
   ``ten_crop``). Outputs: ``probabilities`` float32 ``[N, classes]``, ``top5_ids``
   int32 ``[N, k]`` and ``top5_names`` string ``[N, k]`` (the names ``evaluate.py
   --predict`` prints), ``k = min(5, classes)``. Data that is not an image raises
@@ -97,23 +99,6 @@ def portable_tracing(model, lrn_implementation=None):
             setattr(layer, attr, value)
 
 
-def _view_fn(preprocessing, crops):
-    """RGB float32 ``(S, S, 3)`` square -> the network input of its crop(s), exactly as
-    `keras_alexnet.data.evaluation_dataset` makes it."""
-    import tensorflow as tf
-
-    from keras_alexnet import data as data_lib
-
-    mean = None if preprocessing.mean is None else tf.constant(preprocessing.mean)
-    views = data_lib.ten_crops if crops == "ten" else data_lib.center_crop
-
-    def view(square):
-        return data_lib.normalize(views(square, preprocessing.crop_size, mean),
-                                  preprocessing.std, preprocessing.channel_order)
-
-    return view
-
-
 def _crops(ten_crop):
     return "ten" if ten_crop else "center"
 
@@ -142,15 +127,14 @@ def serving_module(run, *, ten_crop=False):
     """
     import tensorflow as tf
 
-    from keras_alexnet import data as data_lib
     from keras_alexnet import evaluation
     from keras_alexnet.applications import as_run
+    from keras_alexnet.images import load_image
 
     run = as_run(run)
     pre = run.preprocessing
     model = run.model
     crops = _crops(ten_crop)
-    view = _view_fn(pre, crops)
     crop_shape = [pre.crop_size, pre.crop_size, 3]
     view_spec = tf.TensorSpec([10, *crop_shape] if ten_crop else crop_shape, tf.float32)
     predict = evaluation.make_predict_fn(model, crops)
@@ -161,15 +145,15 @@ def serving_module(run, *, ten_crop=False):
     module.class_names = tf.Variable(names, trainable=False, dtype=tf.string, name="class_names")
 
     def one_image(encoded):
-        return view(data_lib.load_image(encoded, pre.resize_size, from_path=False))
+        return pre.views(load_image(encoded, pre.resize_size, from_path=False), crops)
 
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="images")])
     def serve(images):
         inputs = tf.map_fn(one_image, images, fn_output_signature=view_spec)
         probs = predict(inputs)
-        top = tf.math.top_k(probs, k=k)  # ties: lower index first, as predict_files
-        return {"probabilities": probs, "top5_ids": top.indices,
-                "top5_names": tf.gather(module.class_names, top.indices)}
+        ids = evaluation.top_k_indices(probs, k)
+        return {"probabilities": probs, "top5_ids": ids,
+                "top5_names": tf.gather(module.class_names, ids)}
 
     with portable_tracing(model):
         concrete = serve.get_concrete_function()
@@ -193,7 +177,6 @@ def tflite_function(run, *, ten_crop=False, lrn_implementation="tf_nn"):
     pre = run.preprocessing
     model = run.model
     crops = _crops(ten_crop)
-    view = _view_fn(pre, crops)
     predict = evaluation.make_predict_fn(model, crops)
     size = pre.resize_size
 
@@ -202,7 +185,7 @@ def tflite_function(run, *, ten_crop=False, lrn_implementation="tf_nn"):
     @tf.function(input_signature=[tf.TensorSpec([1, size, size, 3], tf.uint8, name="image")])
     def classify(image):
         square = tf.cast(image[0], tf.float32)
-        return {"probabilities": predict(view(square)[tf.newaxis])}
+        return {"probabilities": predict(pre.views(square, crops)[tf.newaxis])}
 
     with portable_tracing(model, lrn_implementation=lrn_implementation):
         concrete = classify.get_concrete_function()
@@ -214,7 +197,7 @@ def tflite_function(run, *, ten_crop=False, lrn_implementation="tf_nn"):
 
 
 def _metadata(run, fmt, ten_crop, inputs, outputs, extra=None):
-    from keras_alexnet import runs
+    from keras_alexnet import run_files
     from keras_alexnet.applications import class_ids
 
     out = {
@@ -228,7 +211,7 @@ def _metadata(run, fmt, ten_crop, inputs, outputs, extra=None):
         "outputs": outputs,
         "class_ids": class_ids(run),
         "display_names": run.display_names(),
-        "versions": runs.versions(),
+        "versions": run_files.versions(),
     }
     out.update(extra or {})
     return out
@@ -252,7 +235,7 @@ def export_saved_model(run, out, *, ten_crop=False):
     """
     import tensorflow as tf
 
-    from keras_alexnet import runs
+    from keras_alexnet import run_files
     from keras_alexnet.applications import as_run
 
     out = _check_out(out)
@@ -269,13 +252,13 @@ def export_saved_model(run, out, *, ten_crop=False):
     shutil.rmtree(tmp, ignore_errors=True)
     try:
         tf.saved_model.save(module, str(tmp), signatures={SIGNATURE: concrete})
-        runs.atomic_write_text(tmp / METADATA_FILE, json.dumps(meta, indent=2) + "\n")
+        run_files.atomic_write_text(tmp / METADATA_FILE, json.dumps(meta, indent=2) + "\n")
         if out.exists():
             out.rmdir()
         os.replace(tmp, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    runs.fsync_dir(out.parent)
+    run_files.fsync_dir(out.parent)
     return out
 
 
@@ -356,7 +339,7 @@ def export_tflite(run, out, *, ten_crop=False, allow_select_tf_ops=False):
     Returns:
         The metadata dict (with ``ops`` and ``select_tf_ops``).
     """
-    from keras_alexnet import runs
+    from keras_alexnet import run_files
     from keras_alexnet.applications import as_run
 
     out = _check_out(out)
@@ -375,7 +358,7 @@ def export_tflite(run, out, *, ten_crop=False, allow_select_tf_ops=False):
         os.replace(tmp, out)
     finally:
         tmp.unlink(missing_ok=True)
-    runs.atomic_write_text(out.with_name(out.name + ".json"), json.dumps(meta, indent=2) + "\n")
+    run_files.atomic_write_text(out.with_name(out.name + ".json"), json.dumps(meta, indent=2) + "\n")
     return meta
 
 
@@ -404,7 +387,7 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
-    from keras_alexnet import runs
+    from keras_alexnet import run_files, runs
 
     try:
         run = runs.open_run(Path(args.run).expanduser(), unsafe=args.unsafe_load)
@@ -417,7 +400,7 @@ def main(argv=None):
             meta = export_tflite(run, out, ten_crop=args.ten_crop, allow_select_tf_ops=args.select_tf_ops)
             print(f"Wrote {out}: {meta['inputs']['image']} -> probabilities; ops: "
                   f"{', '.join(meta['ops'])}{' (with SELECT_TF_OPS)' if meta['select_tf_ops'] else ''}")
-    except (runs.RunError, ExportError, FileNotFoundError) as e:
+    except (run_files.RunError, ExportError, FileNotFoundError) as e:
         print(f"keras_alexnet.export: error: {e}", file=sys.stderr)
         return 2
     return 0

@@ -37,7 +37,7 @@ from pathlib import Path
 import numpy as np
 
 import keras_alexnet
-from keras_alexnet import data, runs, synthetic
+from keras_alexnet import run_files, runs, sources, synthetic
 from keras_alexnet.visualize import spread  # noqa: F401  (the notebooks' helper too)
 
 RUN_ENV = "KERAS_ALEXNET_RUN"  # the run directory, when RUN_DIR is None
@@ -50,9 +50,9 @@ BRIEF_STEPS_PER_EPOCH = 10  # 2 x 10 steps of the tiny preset's batch: far from 
 def _finished(run_dir, epochs):
     """Whether ``run_dir`` holds a run that finished at least ``epochs`` epochs."""
     try:
-        summary = runs.read_summary(run_dir)
+        summary = run_files.read_summary(run_dir)
         runs.find_model(run_dir)
-    except runs.RunError:
+    except run_files.RunError:
         return False
     return summary is not None and int(summary.get("epochs", 0)) >= epochs
 
@@ -77,8 +77,8 @@ def train_brief(output_dir, epochs=BRIEF_EPOCHS, max_steps_per_epoch=BRIEF_STEPS
 
     recipe = recipes.resolve("tiny", {"epochs": epochs})
     data_dir = synthetic.default_dataset()
-    train_source = data.load_source(data_dir, "train")
-    val_source = data.load_source(data_dir, "val", class_names=train_source.class_names)
+    train_source = sources.load_source(data_dir, "train")
+    val_source = sources.load_source(data_dir, "val", class_names=train_source.class_names)
     settings = training.RunSettings(
         output_dir=str(output_dir), max_steps_per_epoch=max_steps_per_epoch, verbose=verbose
     )
@@ -111,7 +111,7 @@ def get_run(run_dir=None):
           f"epochs of {BRIEF_STEPS_PER_EPOCH} steps into {default} (about 30 s on 2 cores) ...", flush=True)
     try:
         return train_brief(default)
-    except runs.ConfigMismatchError:  # a leftover of another recipe version in our own cache folder
+    except run_files.ConfigMismatchError:  # a leftover of another recipe version in our own cache folder
         print(f"{default} holds a run of another configuration: training it afresh.")
         shutil.rmtree(default)
         return train_brief(default)
@@ -136,7 +136,7 @@ def real_photos():
     """The photos of ``imagenet-sample/val`` in `shared_data_dir` (one per class for
     100 ImageNet classes, sorted by wnid), or [] when they are not there."""
     folder = shared_data_dir() / "imagenet-sample" / "val"
-    return data.list_images(folder) if folder.is_dir() else []
+    return sources.list_images(folder) if folder.is_dir() else []
 
 
 def image_files(run, split="val", n=8):
@@ -147,7 +147,7 @@ def image_files(run, split="val", n=8):
     files = run.files(split)
     if not files:
         folder = shared_data_dir() / ("imagenet-sample/val" if split == "val" else f"imagenette/{split}")
-        files = data.list_images(folder) if folder.is_dir() else []
+        files = sources.list_images(folder) if folder.is_dir() else []
     return spread(files, n)
 
 

@@ -1,709 +1,105 @@
-"""A run directory, and a model directory: the one module that reads and writes them.
-
-Three words, three things:
+"""A run directory, and a model directory, opened for use.
 
 - a **run** is a directory written by ``python train.py`` (or a *model directory*
   written by ``python -m keras_alexnet.convert``); `open_run` opens either, or a
   ``.keras`` file inside one, as a `Run`: the model file, the recipe, the class names
-  and the `Preprocessing` the model must be fed with, **resolved once**;
-- its **training state** is what resumes it: ``checkpoint.json`` pointing at
-  ``checkpoints/epoch-NNNN.keras`` (model and optimizer) and ``epoch-NNNN.json``
-  (history and callback state), `TrainingState`;
-- a loaded **model** is ``Run.model`` (loaded safely, on first use).
+  and the `keras_alexnet.preprocessing.Preprocessing` the model must be fed with,
+  **resolved once**;
+- a loaded **model** is ``Run.model``: loaded safely, on first use, and in float32
+  whatever precision it was trained in (`serving_model`), for evaluation, the
+  figures, predictions and export alike;
+- `write_model_dir` writes a model directory: ``model.keras``, ``config.json`` with
+  ``"kind": "converted"``, the 1000 ImageNet class names and a ``preprocessing`` block
+  (crop and resize size, mean mode, ``mean_rgb`` / ``std_rgb`` in RGB pixel units,
+  ``channel_order``, provenance), and ``mean_image.npy`` when it subtracts a mean image.
 
-Files of a run directory (the names below are the only place they are spelled):
-
-- ``config.json``: the resolved recipe, data and run settings, the class names
-  (`write_config`, `check_config` raises `ConfigMismatchError` on a resume with other
-  flags);
-- ``stats.npz``: the dataset statistics (mean image, RGB PCA) the run used;
-- ``metrics.csv``: one row per finished epoch (`format_metrics`, `read_metrics`);
-- ``tensorboard/``: TensorBoard logs;
-- ``checkpoints/`` and ``checkpoint.json``: the training state (`save_training_state`,
-  `read_training_state`);
-- ``best.keras`` (lowest validation top-1 error) and ``last.keras``;
-- ``summary.json``: the final figures (`write_summary`, `read_summary`);
-- ``figures/``: PNGs of ``python -m keras_alexnet.visualize`` and the notebooks.
-
-A model directory (a converted published network) holds ``model.keras``,
-``config.json`` with ``"kind": "converted"``, the 1000 ImageNet class names and a
-``preprocessing`` block (crop and resize size, mean mode, ``mean_rgb`` / ``std_rgb`` in
-RGB pixel units, ``channel_order``, provenance), and ``mean_image.npy`` when it
-subtracts a mean image.
-
-Every write is atomic (a temporary file, fsync, rename): a reader, or a run killed at
-any moment, sees the old file or the new one, whole. A write that fails (a full disk,
-a read-only directory, a quota) raises `RunWriteError` naming the path, and leaves no
-temporary file behind.
-
-One writer per run directory: ``train.py`` holds `RunLock` (``RUN/.lock``) for the
-whole run; readers (evaluate.py, the figures, the notebooks) take no lock and may read
-a run that is being trained.
+The files themselves (names, atomic writes) are `keras_alexnet.run_files`'; the
+training state is `keras_alexnet.training_state`'s.
 """
 
 from __future__ import annotations
 
-import csv
 import dataclasses
-import errno
-import fcntl
 import functools
-import io
-import json
 import os
-import re
 import shutil
 import zipfile
 from pathlib import Path
 
 import numpy as np
 
-from keras_alexnet import data as data_lib
 from keras_alexnet import imagenet
+from keras_alexnet import preprocessing as pre_lib
 from keras_alexnet import recipes
-from keras_alexnet import stats as stats_lib
-
-CONFIG_FILE = "config.json"
-STATS_FILE = "stats.npz"
-METRICS_FILE = "metrics.csv"
-SUMMARY_FILE = "summary.json"
-POINTER_FILE = "checkpoint.json"
-CHECKPOINTS_DIR = "checkpoints"
-TENSORBOARD_DIR = "tensorboard"
-FIGURES_DIR = "figures"
-BEST_MODEL = "best.keras"
-LAST_MODEL = "last.keras"
-CONVERTED_MODEL = "model.keras"
-MEAN_IMAGE_FILE = "mean_image.npy"
-LOCK_FILE = ".lock"  # held by the one process writing the run (`RunLock`)
-WORKERS_DIR = "workers"  # RUN/workers/<i>: what non-chief workers write
-# A directory's models, in the order `find_model` tries them.
-MODEL_FILES = (BEST_MODEL, LAST_MODEL, CONVERTED_MODEL)
-MONITOR = "val_top1_error"  # what decides best.keras (lower is better)
-METRIC_COLUMNS = ("epoch", "loss", "top1_error", "top5_error", "val_loss", "val_top1_error",
-                  "val_top5_error", "lr", "skipped_files", "seconds")
-MEAN_MODES = ("image", "channel", "none")
-
-
-class RunError(ValueError):
-    """A run or model directory that cannot be used as given (the message names the
-    problem and the path)."""
-
-
-class RunNotFoundError(RunError, FileNotFoundError):
-    """A run directory, model file or statistics file that does not exist."""
-
-
-class UnsafeModelError(RunError):
-    """A model file that would execute arbitrary code when loaded."""
-
-
-class ConfigMismatchError(RunError):
-    """Resuming a run directory with another configuration than it was started with."""
-
-
-class RunLockedError(RunError):
-    """Another live process is writing the run directory (it holds `RunLock`)."""
-
-
-class DamagedStateError(RunError):
-    """The training state of a run cannot be used, and no complete checkpoint is left
-    to fall back on (the message names the damaged files and what to do)."""
-
-
-class RunWriteError(RunError, OSError):
-    """A file of a run could not be written: a full disk, a read-only directory, a quota.
-
-    Attributes:
-        path: the file (or directory) that could not be written.
-        errno: the `errno` of the underlying `OSError`.
-    """
-
-    def __init__(self, path, error):
-        self.path = Path(path)
-        code = getattr(error, "errno", None)
-        hint = {
-            errno.ENOSPC: "the disk is full: free some space",
-            errno.EDQUOT: "the disk quota is exceeded: free some space",
-            errno.EROFS: "the file system is read-only: pass a writable --output-dir",
-            errno.EACCES: "permission denied: make the directory writable or pass another --output-dir",
-            errno.EPERM: "permission denied: make the directory writable or pass another --output-dir",
-        }.get(code, "check the disk")
-        reason = getattr(error, "strerror", None) or str(error)
-        super().__init__(f"Cannot write {self.path}: {reason} ({hint}, then run the same "
-                         "command again to resume).")
-        self.errno = code
-
-
-# ---------------------------------------------------------------------------------------
-# Atomic writers
-
-
-def fsync_dir(path):
-    """fsync a directory (a rename inside it is then durable); a no-op where impossible."""
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass  # some file systems refuse to fsync a directory; the rename itself is done
-    finally:
-        os.close(fd)
-
-
-class _write_errors:
-    """Turns an `OSError` raised while writing ``path`` into a `RunWriteError`."""
-
-    def __init__(self, path):
-        self.path = path
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, kind, error, tb):
-        if isinstance(error, OSError) and not isinstance(error, RunWriteError):
-            raise RunWriteError(self.path, error) from error
-        return False
-
-
-def _atomic(path, write, tmp_name):
-    """``write(tmp)``, fsync, rename onto ``path``; the temporary file never stays behind.
-
-    Raises:
-        RunWriteError: the file could not be written (names it; the temporary file is gone).
-    """
-    path = Path(path)
-    tmp = path.with_name(tmp_name)
-    with _write_errors(path):
-        try:
-            write(tmp)
-            with open(tmp, "rb") as f:
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
-        fsync_dir(path.parent)
-
-
-def atomic_write_text(path, text):
-    """Writes ``text`` to ``path`` so that a reader sees the old or the new file, whole."""
-    _atomic(path, lambda tmp: Path(tmp).write_text(text), f".{Path(path).name}.tmp")
-
-
-def atomic_save_model(model, path):
-    """`model.save(path)` through a temporary file and an atomic rename."""
-    # The temporary name keeps the .keras suffix Keras wants.
-    _atomic(path, model.save, f".tmp-{Path(path).name}")
-
-
-def atomic_save_npy(array, path):
-    """`numpy.save` (no pickles) through a temporary file and an atomic rename."""
-    _atomic(path, lambda tmp: np.save(tmp, np.asarray(array), allow_pickle=False), f".tmp-{Path(path).name}")
-
-
-def atomic_link_or_copy(src, dst):
-    """``dst`` becomes a hard link to ``src`` (a copy where links are impossible), atomically."""
-    dst = Path(dst)
-    tmp = dst.with_name(f".tmp-{dst.name}")
-    with _write_errors(dst):
-        tmp.unlink(missing_ok=True)
-        try:
-            try:
-                os.link(src, tmp)
-            except OSError:
-                shutil.copyfile(src, tmp)
-            os.replace(tmp, dst)
-        finally:
-            tmp.unlink(missing_ok=True)
-        fsync_dir(dst.parent)
-
-
-def _read_json(path):
-    path = Path(path)
-    try:
-        return json.loads(path.read_text())
-    except FileNotFoundError as e:
-        raise RunNotFoundError(f"{path} does not exist.") from e
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise RunError(f"Cannot read {path} ({type(e).__name__}: {e}); is it damaged?") from e
-
-
-def versions():
-    """The versions a run or an evaluation records."""
-    import keras
-    import tensorflow as tf
-
-    import keras_alexnet
-
-    return {"tensorflow": tf.__version__, "keras": keras.__version__,
-            "keras_alexnet": keras_alexnet.__version__}
-
-
-# ---------------------------------------------------------------------------------------
-# config.json
-
-
-def write_config(run_dir, config):
-    """Writes ``config.json`` (JSON-ready: tuples become lists)."""
-    atomic_write_text(Path(run_dir) / CONFIG_FILE, json.dumps(config, indent=2, default=str))
-
-
-def read_config(run_dir):
-    """A run's ``config.json`` as a dict.
-
-    Raises:
-        RunNotFoundError: there is none; RunError: it cannot be parsed.
-    """
-    return _read_json(Path(run_dir) / CONFIG_FILE)
-
-
-COMPARED_CONFIG_KEYS = ("recipe", "data")  # what a resume must not change
-
-
-def check_config(run_dir, config):
-    """Raises `ConfigMismatchError` when ``run_dir`` holds a run of another recipe or data.
-
-    Nothing is checked when the directory has no ``config.json`` yet (a new run).
-    """
-    path = Path(run_dir) / CONFIG_FILE
-    if not path.is_file():
-        return
-    saved = _read_json(path)
-    config = json.loads(json.dumps(config, default=str))  # tuples -> lists, as saved
-    diffs = []
-    for key in COMPARED_CONFIG_KEYS:
-        a, b = saved.get(key) or {}, config.get(key) or {}
-        diffs += [f"{key}.{f}: {a.get(f)!r} -> {b.get(f)!r}"
-                  for f in sorted(set(a) | set(b)) if a.get(f) != b.get(f)]
-    if diffs:
-        raise ConfigMismatchError(
-            f"{run_dir} holds a run with another configuration ({'; '.join(diffs)}). "
-            "Use the same flags to resume it, or another --output-dir for a new run.")
-
-
-# ---------------------------------------------------------------------------------------
-# metrics.csv and summary.json
-
-
-def format_metrics(history):
-    """The per-epoch history as CSV text (known columns first, then any others)."""
-    extra = sorted({k for row in history for k in row} - set(METRIC_COLUMNS))
-    columns = [c for c in METRIC_COLUMNS if any(c in row for row in history)] + extra
-    out = io.StringIO()
-    writer = csv.DictWriter(out, fieldnames=columns, extrasaction="ignore")
-    writer.writeheader()
-    for row in history:
-        writer.writerow({k: row.get(k, "") for k in columns})
-    return out.getvalue()
-
-
-def write_metrics(run_dir, history):
-    atomic_write_text(Path(run_dir) / METRICS_FILE, format_metrics(history))
-
-
-def read_metrics(path):
-    """Reads a metrics CSV (a header row, then one row per epoch): a run's
-    ``metrics.csv``, or a run directory holding one.
-
-    Returns:
-        dict column name -> float64 array; empty or non-numeric cells are NaN.
-
-    Raises:
-        RunNotFoundError: no such file; RunError: an empty file.
-    """
-    path = Path(path)
-    if path.is_dir():
-        path = path / METRICS_FILE
-    if not path.is_file():
-        raise RunNotFoundError(f"No metrics file: {path}")
-    with open(path, newline="") as f:
-        reader = csv.reader(f)
-        header = next(reader, None)
-        if header is None:
-            raise RunError(f"Empty metrics file: {path}")
-        header = [h.strip() for h in header]
-        rows = [row for row in reader if any(cell.strip() for cell in row)]
-
-    def number(cell):
-        try:
-            return float(cell)
-        except ValueError:
-            return np.nan
-
-    return {
-        name: np.array([number(row[i]) if i < len(row) else np.nan for row in rows])
-        for i, name in enumerate(header)
-    }
-
-
-def write_summary(run_dir, summary):
-    atomic_write_text(Path(run_dir) / SUMMARY_FILE, json.dumps(summary, indent=2))
-
-
-def read_summary(run_dir):
-    """``summary.json`` as a dict, or None when the run has not finished."""
-    path = Path(run_dir) / SUMMARY_FILE
-    return _read_json(path) if path.is_file() else None
-
-
-# ---------------------------------------------------------------------------------------
-# stats.npz
-
-
-def write_stats(run_dir, stats):
-    """Saves a `keras_alexnet.stats.DatasetStats` as the run's ``stats.npz``, atomically
-    (other workers may be reading it)."""
-    own = Path(run_dir) / STATS_FILE
-    tmp = own.with_name(".tmp-stats.npz")
-    with _write_errors(own):
-        try:
-            stats.save(tmp)
-            os.replace(tmp, own)
-        finally:
-            tmp.unlink(missing_ok=True)
-
-
-def load_stats(path):
-    """`keras_alexnet.stats.load_stats` with errors that name the file."""
-    path = Path(path)
-    if not path.is_file():
-        raise RunNotFoundError(f"Statistics file not found: {path}.")
-    try:
-        return stats_lib.load_stats(path)
-    except (OSError, KeyError, ValueError, zipfile.BadZipFile) as e:
-        raise RunError(
-            f"Cannot read the statistics {path} (expected an .npz from "
-            f"`python -m keras_alexnet.stats`): {e}"
-        ) from e
-
-
-# ---------------------------------------------------------------------------------------
-# The training state
-
-
-@dataclasses.dataclass
-class TrainingState:
-    """What resumes a run: the model and optimizer file, and the state written with it.
-
-    Attributes:
-        model_path: ``checkpoints/epoch-NNNN.keras``.
-        epoch: epochs finished.
-        history: one dict per finished epoch (the rows of ``metrics.csv``).
-        callbacks: the state of stateful callbacks by name (``"plateau"``).
-    """
-
-    model_path: Path
-    epoch: int
-    history: list
-    callbacks: dict
-
-
-def save_training_state(run_dir, model, history, callbacks=None, best=float("inf"), monitor=MONITOR):
-    """Writes the training state after an epoch, kill-safe, and returns the new best.
-
-    Order of writes, each atomic:
-
-    1. ``checkpoints/epoch-NNNN.keras``: model, optimizer state (momentum, iteration
-       count, learning rate);
-    2. ``checkpoints/epoch-NNNN.json``: epoch count, history, callback state;
-    3. ``best.keras`` on a new best and ``last.keras`` (hard links), ``metrics.csv``;
-    4. ``checkpoint.json``: the pointer to the pair above;
-       then older checkpoint pairs are deleted.
-
-    A kill at any moment leaves ``checkpoint.json`` pointing at a complete pair: the
-    newest one if step 4 finished, else the previous one (never deleted before step 4).
-    A kill between steps 3 and 4 leaves ``best.keras`` / ``last.keras`` one epoch ahead
-    of the pointer: a complete model either way; the resumed run redoes that epoch.
-
-    Args:
-        run_dir: where to write.
-        model: the compiled model.
-        history: the rows so far, the newest (with its ``epoch``) last.
-        callbacks: name -> JSON-ready state of stateful callbacks.
-        best: the lowest ``monitor`` before this epoch.
-        monitor: what decides ``best.keras``.
-
-    Returns:
-        The lowest ``monitor`` including this epoch.
-    """
-    run_dir = Path(run_dir)
-    row = history[-1]
-    epoch = int(row["epoch"])
-    ckpt_dir = run_dir / CHECKPOINTS_DIR
-    with _write_errors(ckpt_dir):
-        ckpt_dir.mkdir(parents=True, exist_ok=True)
-    stem = f"epoch-{epoch:04d}"
-    try:
-        atomic_save_model(model, ckpt_dir / f"{stem}.keras")
-        state = {"epoch": epoch, "history": history, "callbacks": callbacks or {}}
-        atomic_write_text(ckpt_dir / f"{stem}.json", json.dumps(state, indent=1))
-        # best.keras and last.keras before the pointer: once the pointer names an epoch,
-        # they include it (a kill right after the pointer must not lose the best model).
-        current = row.get(monitor)
-        if current is not None and current < best:
-            best = current
-            atomic_link_or_copy(ckpt_dir / f"{stem}.keras", run_dir / BEST_MODEL)
-        atomic_link_or_copy(ckpt_dir / f"{stem}.keras", run_dir / LAST_MODEL)
-        write_metrics(run_dir, history)
-        pointer = {"epoch": epoch, "model": f"{CHECKPOINTS_DIR}/{stem}.keras",
-                   "state": f"{CHECKPOINTS_DIR}/{stem}.json"}
-        atomic_write_text(run_dir / POINTER_FILE, json.dumps(pointer, indent=1))
-    except RunWriteError:
-        # A failed write (full disk): the pointer still names the previous pair. This
-        # epoch's own files go, to give the space back and leave nothing half-done;
-        # best.keras / last.keras, if already linked, are whole models either way.
-        try:
-            named = json.loads((run_dir / POINTER_FILE).read_text()).get("model")
-        except (OSError, ValueError, AttributeError):
-            named = None
-        if named != f"{CHECKPOINTS_DIR}/{stem}.keras":  # never the pair the pointer names
-            for name in (f"{stem}.keras", f"{stem}.json"):
-                (ckpt_dir / name).unlink(missing_ok=True)
-        raise
-    for old in ckpt_dir.glob("epoch-*"):
-        if not old.name.startswith(stem):
-            old.unlink(missing_ok=True)
-    return best
-
-
-def read_training_state(run_dir):
-    """The training state of ``run_dir``, or None when it has none (a new run).
-
-    `find_training_state` without its notes (they are printed).
-
-    Raises:
-        DamagedStateError: no complete checkpoint is left (names the files).
-    """
-    state, notes = find_training_state(run_dir)
-    for note in notes:
-        print(note, flush=True)
-    return state
-
-
-_CKPT_PATTERN = re.compile(r"^epoch-(\d{4,})\.json$")
-
-
-def _check_model_file(path):
-    """Raises `RunError` unless ``path`` is a whole ``.keras`` archive (its CRCs checked:
-    a torn or truncated file fails; the model itself is loaded by the resume)."""
-    if not path.is_file():
-        raise RunError(f"{path} does not exist")
-    try:
-        with zipfile.ZipFile(path) as archive:
-            names = set(archive.namelist())
-            bad = archive.testzip()
-    except (OSError, zipfile.BadZipFile, EOFError) as e:
-        raise RunError(f"{path} is not a whole .keras archive ({type(e).__name__}: {e})") from e
-    if bad is not None:
-        raise RunError(f"{path} is damaged (bad CRC in {bad})")
-    if "config.json" not in names:
-        raise RunError(f"{path} is not a Keras model archive (no config.json inside)")
-
-
-def _parse_state(path, model_path):
-    """A `TrainingState` from ``checkpoints/epoch-NNNN.json``, every field checked."""
-    state = _read_json(path)
-    try:
-        if not isinstance(state, dict):
-            raise TypeError(f"a JSON object, got {type(state).__name__}")
-        epoch, history, callbacks = state["epoch"], state["history"], state["callbacks"]
-        if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 1:
-            raise TypeError(f"'epoch' must be a positive integer, got {epoch!r}")
-        if not isinstance(history, list) or not all(isinstance(r, dict) for r in history):
-            raise TypeError("'history' must be a list of objects (one per epoch)")
-        epochs = [r.get("epoch") for r in history]
-        if epochs != list(range(1, epoch + 1)):
-            raise ValueError(f"'history' holds epochs {epochs}, expected 1..{epoch}")
-        if not isinstance(callbacks, dict):
-            raise TypeError("'callbacks' must be an object")
-        # The state of the training callbacks (keras_alexnet.training): name -> its numbers.
-        for name, keys in (("plateau", ("best", "wait", "reductions")), ("steps", ("scale",)),
-                           ("divergence", ("recoveries",))):
-            part = callbacks.get(name)
-            if part is None:
-                continue
-            if not isinstance(part, dict):
-                raise TypeError(f"'callbacks.{name}' must be an object")
-            for key in keys:
-                value = part[key]
-                if isinstance(value, bool) or not isinstance(value, (int, float)):
-                    raise TypeError(f"'callbacks.{name}.{key}' must be a number, got {value!r}")
-    except KeyError as e:
-        raise RunError(f"{path} lacks the key {e}") from e
-    except (TypeError, ValueError) as e:
-        raise RunError(f"{path}: {e}") from e
-    _check_model_file(model_path)
-    return TrainingState(model_path=model_path, epoch=epoch, history=history, callbacks=callbacks)
-
-
-def _from_pointer(run_dir):
-    pointer = run_dir / POINTER_FILE
-    ptr = _read_json(pointer)
-    try:
-        model, state = Path(ptr["model"]), Path(ptr["state"])
-        epoch = ptr["epoch"]
-    except (KeyError, TypeError) as e:
-        raise RunError(f"{pointer} lacks the key {e}") from e
-    for part in (model, state):
-        if part.is_absolute() or ".." in part.parts:
-            raise RunError(f"{pointer} names {part}, outside {run_dir}")
-    found = _parse_state(run_dir / state, run_dir / model)
-    if found.epoch != epoch:
-        raise RunError(f"{pointer} says epoch {epoch!r} but {run_dir / state} holds epoch {found.epoch}")
-    return found
-
-
-def find_training_state(run_dir):
-    """What resumes ``run_dir``: the checkpoint ``checkpoint.json`` names, else the
-    newest complete checkpoint pair, with notes for the console.
-
-    What is trusted, in this order:
-
-    1. ``checkpoint.json`` and the pair it names, when every part checks: the pointer
-       and ``checkpoints/epoch-NNNN.json`` parse, hold the keys with the right types
-       (``epoch`` a positive int matching the pointer's, ``history`` one row per epoch
-       1..N, the plateau state numbers), and ``epoch-NNNN.keras`` is a whole archive;
-    2. otherwise (a damaged, hand-edited or missing pointer, or one naming a missing or
-       torn file) the newest ``checkpoints/epoch-NNNN.{json,keras}`` pair that checks
-       the same way; a note names the damaged file and the checkpoint used;
-    3. otherwise, if anything was damaged, `DamagedStateError`: nothing is resumed from
-       ``best.keras`` / ``last.keras``, which lack the optimizer state (momentum, rate)
-       and the schedule's state, so a "resume" from them would be another run.
-
-    The history is never rebuilt from ``metrics.csv``: the callback state is not there.
-
-    Returns:
-        ``(state or None, notes)``: None (and no notes) for a new run (no pointer, no
-        checkpoint); ``notes`` is a list of sentences.
-
-    Raises:
-        DamagedStateError: a damaged state with no complete checkpoint to fall back on.
-    """
-    run_dir = Path(run_dir)
-    pointer = run_dir / POINTER_FILE
-    ckpt_dir = run_dir / CHECKPOINTS_DIR
-    pairs = sorted(((int(m.group(1)), ckpt_dir / m.group(0)) for m in
-                    (_CKPT_PATTERN.match(p.name) for p in (ckpt_dir.iterdir() if ckpt_dir.is_dir() else []))
-                    if m), reverse=True)
-    problems = []
-    if pointer.exists():
-        try:
-            return _from_pointer(run_dir), []
-        except RunError as e:
-            problems.append(str(e))
-    elif not pairs:
-        return None, []
-    else:
-        problems.append(f"{pointer} is missing")
-    for epoch, state_path in pairs:
-        try:
-            state = _parse_state(state_path, state_path.with_suffix(".keras"))
-        except RunError as e:
-            problems.append(str(e))
-            continue
-        if state.epoch != epoch:
-            problems.append(f"{state_path} holds epoch {state.epoch}")
-            continue
-        notes = [f"Note: the training state is damaged: {'; '.join(problems)}.",
-                 f"Note: resuming from the newest complete checkpoint instead: "
-                 f"{state.model_path} (epoch {state.epoch}); {pointer} is rewritten after "
-                 "the next epoch."]
-        return state, notes
-    raise DamagedStateError(
-        f"Cannot resume {run_dir}: its training state is damaged ({'; '.join(problems)}) and "
-        f"no complete checkpoint is left in {ckpt_dir}. Restore the damaged file if you have a "
-        f"copy; else start again with another --output-dir (or delete {run_dir}). Its "
-        f"{BEST_MODEL} / {LAST_MODEL}, if present, still load with evaluate.py.")
-
-
-# ---------------------------------------------------------------------------------------
-# One writer per run directory
-
-
-class RunLock:
-    """The lock of the one process that writes a run directory (`lock_run`).
-
-    An exclusive `fcntl.flock` on ``RUN/.lock``, which holds the owner's PID as text
-    (for the message of the second writer). The OS releases the lock when the process
-    dies, however it dies (SIGKILL included), so a lock is never stale; the file itself
-    stays (unlinking it would race with a process that just opened it). ``flock`` is
-    local to a machine (on NFS Linux emulates it with byte-range locks, which work
-    where the server supports locking).
-
-    Multi-worker training: the chief locks ``RUN``; the worker of index ``i`` (which
-    writes ``RUN/workers/<i>``) locks ``RUN/workers/<i>``. So two runs on one directory
-    collide on the chief's lock, and a stray second worker ``i`` on worker i's.
-    Readers (evaluate.py, figures, notebooks) take no lock.
-
-    Args:
-        run_dir: the directory to lock (created if needed).
-
-    Raises (on entering):
-        RunLockedError: another live process holds the lock (names the directory and
-            its PID).
-        RunWriteError: the directory or lock file cannot be created.
-    """
-
-    def __init__(self, run_dir):
-        self.run_dir = Path(run_dir)
-        self.path = self.run_dir / LOCK_FILE
-        self._fd = None
-
-    def acquire(self):
-        with _write_errors(self.run_dir):
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            try:
-                holder = os.read(fd, 64).decode(errors="replace").strip() or "unknown"
-            finally:
-                os.close(fd)
-            raise RunLockedError(
-                f"{self.run_dir} is being written by another process (PID {holder}, which holds "
-                f"{self.path}). Wait for it to finish, stop it, or pass another --output-dir.") from None
-        except OSError as e:
-            os.close(fd)
-            raise RunWriteError(self.path, e) from e
-        try:
-            os.ftruncate(fd, 0)
-            os.write(fd, f"{os.getpid()}\n".encode())
-        except OSError:
-            pass  # the lock holds without the PID text (a full disk): the message says "unknown"
-        self._fd = fd
-        return self
-
-    def release(self):
-        if self._fd is not None:
-            try:
-                os.ftruncate(self._fd, 0)
-            except OSError:
-                pass
-            os.close(self._fd)  # closing the last descriptor releases the flock
-            self._fd = None
-
-    def __enter__(self):
-        return self.acquire()
-
-    def __exit__(self, *exc):
-        self.release()
-        return False
-
-
-def lock_run(run_dir):
-    """``with lock_run(run_dir):`` holds `RunLock` of ``run_dir`` for the block."""
-    return RunLock(run_dir)
+from keras_alexnet import sources
+from keras_alexnet.preprocessing import Preprocessing
+from keras_alexnet.run_files import (
+    CHECKPOINTS_DIR,
+    CONFIG_FILE,
+    CONVERTED_MODEL,
+    FIGURES_DIR,
+    MEAN_IMAGE_FILE,
+    METRICS_FILE,
+    MODEL_FILES,
+    STATS_FILE,
+    RunError,
+    RunNotFoundError,
+    UnsafeModelError,
+    atomic_save_model,
+    atomic_save_npy,
+    fsync_dir,
+    load_stats,
+    read_config,
+    read_metrics,
+    read_summary,
+    versions,
+    write_config,
+)
 
 
 # ---------------------------------------------------------------------------------------
 # Loading models
 
 
+def _float32_config(config):
+    """``config`` (a serialized model) with every layer's dtype policy float32."""
+    if isinstance(config, list):
+        return [_float32_config(c) for c in config]
+    if not isinstance(config, dict):
+        return config
+    out = {k: _float32_config(v) for k, v in config.items()}
+    dtype = out.get("dtype")
+    if isinstance(dtype, dict) and dtype.get("class_name") in ("DTypePolicy", "FloatDTypePolicy"):
+        out["dtype"] = dict(dtype, class_name="DTypePolicy", config={"name": "float32"})
+    elif isinstance(dtype, str) and dtype in ("mixed_bfloat16", "mixed_float16", "bfloat16", "float16"):
+        out["dtype"] = "float32"
+    return out
+
+
+def serving_model(model, *, unsafe=False):
+    """``model`` computing in float32, whatever precision it was trained in.
+
+    A model trained under a mixed policy (``--precision mixed_bfloat16``, which
+    ``--precision auto`` picks on CPUs with AVX512_BF16) saves that policy with every
+    layer, and `keras.models.load_model` restores it whatever the global policy: its
+    convolutions then run in bfloat16, which TFLite's builtin ops cannot take and which
+    rounds the probabilities to 3 significant digits. The serving model is the same
+    network rebuilt from its config with every layer's policy float32, and the
+    (float32) weights copied. A float32 model is returned as it is.
+    """
+    import keras
+
+    if all(layer.dtype_policy.name == "float32" for layer in model._flatten_layers()):
+        return model
+    config = _float32_config(keras.saving.serialize_keras_object(model))
+    clone = keras.saving.deserialize_keras_object(config, safe_mode=not unsafe)
+    clone.set_weights(model.get_weights())
+    return clone
+
+
 def load_model(path, *, unsafe=False):
-    """Loads a ``.keras`` model for inference (uncompiled), safely by default.
+    """Loads a ``.keras`` model for inference (uncompiled, `serving_model`: float32),
+    safely by default.
 
     Args:
         path: the ``.keras`` file.
@@ -725,7 +121,7 @@ def load_model(path, *, unsafe=False):
             "truncated, or another format?"
         )
     try:
-        return keras.models.load_model(path, compile=False, safe_mode=not unsafe)
+        model = keras.models.load_model(path, compile=False, safe_mode=not unsafe)
     except ValueError as e:
         message = str(e)
         if not unsafe and ("safe_mode" in message or "unsafe_deserialization" in message):
@@ -737,6 +133,7 @@ def load_model(path, *, unsafe=False):
         raise RunError(f"Cannot load the model {path}: {message}") from e
     except (OSError, zipfile.BadZipFile, KeyError, TypeError) as e:
         raise RunError(f"Cannot load the model {path}: {type(e).__name__}: {e}") from e
+    return serving_model(model, unsafe=unsafe)
 
 
 def find_model(directory):
@@ -786,100 +183,6 @@ def find_run(path):
     return path, next((d for d in candidates if (d / CONFIG_FILE).is_file()), None)
 
 
-# ---------------------------------------------------------------------------------------
-# Preprocessing
-
-
-@dataclasses.dataclass(eq=False)
-class Preprocessing:
-    """How an image becomes what a model was trained (or converted) to take.
-
-    An image is decoded to RGB, its shorter side resized to ``resize_size`` and its
-    central square kept (§2); the crops of ``crop_size`` are taken from that square
-    (centre or ten crops, §4.1); from each RGB crop ``x`` in ``[0, 255]`` the network
-    gets ``channel_order((x - mean) / std)``, the mean image cropped at the same window.
-    Any input scale inside the model (its ``input_scale`` layer) comes after this.
-
-    Attributes:
-        crop_size: side of the crops (the model's input size).
-        resize_size: side of the central square.
-        mean_mode: ``"image"``, ``"channel"`` or ``"none"``.
-        mean: float32 RGB mean in pixel units, ``(resize_size, resize_size, 3)`` or
-            ``(3,)``, or None.
-        std: float32 ``(3,)`` RGB divisor in pixel units, or None (1).
-        channel_order: ``"RGB"`` or ``"BGR"`` (what the network takes).
-        source: where these come from, in words (shown by the tools).
-        stats_path: the statistics file the mean came from, or None.
-    """
-
-    crop_size: int
-    resize_size: int
-    mean_mode: str = "none"
-    mean: np.ndarray | None = None
-    std: np.ndarray | None = None
-    channel_order: str = "RGB"
-    source: str = ""
-    stats_path: Path | None = None
-
-    def __post_init__(self):
-        if self.mean_mode not in MEAN_MODES:
-            raise RunError(f"mean must be one of {MEAN_MODES}, got {self.mean_mode!r} ({self.source}).")
-        if self.channel_order not in data_lib.CHANNEL_ORDERS:
-            raise RunError(f"channel_order must be RGB or BGR, got {self.channel_order!r} ({self.source}).")
-        if not 0 < self.crop_size <= self.resize_size:
-            raise RunError(f"resize size {self.resize_size} is smaller than the crops "
-                           f"{self.crop_size}x{self.crop_size} ({self.source}).")
-        if self.mean is not None:
-            mean = np.asarray(self.mean, np.float32)
-            if mean.ndim == 3 and mean.shape[0] != self.resize_size:
-                import tensorflow as tf
-
-                mean = tf.image.resize(mean, [self.resize_size] * 2, antialias=True).numpy()
-            self.mean = mean
-        if self.std is not None:
-            self.std = np.asarray(self.std, np.float32)
-
-    def dataset(self, source, batch_size=32, crops="center", counter=None):
-        """`keras_alexnet.data.evaluation_dataset` of ``source`` with this preprocessing."""
-        return data_lib.evaluation_dataset(
-            source, batch_size, mean=self.mean if self.mean is not None else "none",
-            crops=crops, crop_size=self.crop_size, resize_size=self.resize_size,
-            std=self.std, channel_order=self.channel_order, counter=counter)
-
-    def load(self, paths):
-        """The centre crops of image files as RGB ``[0, 255]`` float32 ``(n, c, c, 3)``:
-        what is drawn (`network_input` makes what the model gets). Decoded and resized by
-        `keras_alexnet.data.load_image`, as in evaluation."""
-        return np.stack([
-            data_lib.center_crop(data_lib.load_image(str(p), self.resize_size), self.crop_size).numpy()
-            for p in paths
-        ]).astype(np.float32)
-
-    def network_input(self, crops):
-        """What the model gets for centre crops from `load` (RGB ``[0, 255]``): the mean
-        (cropped at the centre window), the std and the channel order applied, exactly as
-        `dataset` does."""
-        import tensorflow as tf
-
-        x = tf.convert_to_tensor(np.asarray(crops, np.float32))
-        if self.mean is not None:
-            mean = tf.constant(self.mean)
-            if mean.shape.rank == 3:
-                mean = data_lib.center_crop(mean, self.crop_size)
-            x = x - mean
-        return data_lib.normalize(x, self.std, self.channel_order).numpy()
-
-    def to_json(self):
-        """JSON-ready description (the mean as where it came from, not its values)."""
-        return {
-            "crop_size": self.crop_size, "resize_size": self.resize_size,
-            "mean": self.mean_mode,
-            "mean_rgb": self.mean.tolist() if self.mean is not None and self.mean.ndim == 1 else None,
-            "std_rgb": self.std.tolist() if self.std is not None else None,
-            "channel_order": self.channel_order, "source": self.source,
-            "stats": str(self.stats_path) if self.stats_path else None,
-        }
-
 
 # ---------------------------------------------------------------------------------------
 # Runs
@@ -916,8 +219,8 @@ class Run:
 
     @functools.cached_property
     def model(self):
-        """The model (uncompiled), loaded safely on first use and checked against the
-        run's crop size and class count."""
+        """The serving model: uncompiled, in float32 (`serving_model`), loaded safely on
+        first use and checked against the run's crop size and class count."""
         model = load_model(self.model_path, unsafe=self.unsafe)
         _check_model(model, self)
         return model
@@ -979,7 +282,7 @@ class Run:
         if root is None:
             return []
         folder = root / (self.config.get("data") or {}).get(f"{split}_split", split)
-        return data_lib.list_images(folder) if folder.is_dir() else []
+        return sources.list_images(folder) if folder.is_dir() else []
 
     def figures_dir(self):
         return (self.path or self.model_path.parent) / FIGURES_DIR
@@ -1023,12 +326,20 @@ def _check_model(model, run):
                        f"num_classes {run.num_classes}.")
 
 
+def _preprocessing(**fields):
+    """`Preprocessing` with its errors as `RunError` (they name where the values came from)."""
+    try:
+        return Preprocessing(**fields)
+    except ValueError as e:
+        raise RunError(str(e)) from e
+
+
 def _converted_preprocessing(run_dir, config, mean, resize_size, overrides):
     spec = config.get("preprocessing") or {}
     where = run_dir / CONFIG_FILE
     try:
         crop = int(spec["crop_size"])
-        mode = spec.get("mean", "none")
+        mode = spec.get("mean", pre_lib.CONVERTED_MEAN)
     except (KeyError, TypeError, ValueError) as e:
         raise RunError(f"{where}: its preprocessing block lacks crop_size ({e}).") from e
     if mean is not None and mean != mode:
@@ -1036,7 +347,7 @@ def _converted_preprocessing(run_dir, config, mean, resize_size, overrides):
         if mean == "image" and not (run_dir / MEAN_IMAGE_FILE).is_file():
             raise RunError(f"--mean image: {run_dir / MEAN_IMAGE_FILE} does not exist.")
         mode = mean
-    run_resize = int(spec.get("resize_size") or data_lib.default_resize_size(crop))
+    run_resize = int(spec.get("resize_size") or pre_lib.default_resize_size(crop))
     if resize_size is not None and resize_size != run_resize:
         overrides.append(f"resize size {resize_size} instead of the model's {run_resize}")
     array = None
@@ -1050,7 +361,7 @@ def _converted_preprocessing(run_dir, config, mean, resize_size, overrides):
         if spec.get("mean_rgb") is None:
             raise RunError(f"{where}: mean 'channel' without mean_rgb.")
         array = np.asarray(spec["mean_rgb"], np.float32)
-    return Preprocessing(
+    return _preprocessing(
         crop_size=crop, resize_size=resize_size or run_resize, mean_mode=mode, mean=array,
         std=spec.get("std_rgb"), channel_order=spec.get("channel_order", "RGB"),
         source=f"{where} ({spec.get('provenance', 'converted model')})")
@@ -1059,9 +370,9 @@ def _converted_preprocessing(run_dir, config, mean, resize_size, overrides):
 def _trained_preprocessing(run_dir, config, stats, mean, resize_size, overrides):
     recipe = config.get("recipe") or {}
     where = run_dir / CONFIG_FILE
-    crop = int(recipe.get("crop_size") or data_lib.CROP_SIZE)
-    run_mean = recipe.get("mean", "image")
-    run_resize = int(recipe.get("resize_size") or data_lib.default_resize_size(crop))
+    crop = int(recipe.get("crop_size") or pre_lib.CROP_SIZE)
+    run_mean = recipe.get("mean", pre_lib.TRAINED_MEAN)
+    run_resize = int(recipe.get("resize_size") or pre_lib.default_resize_size(crop))
     if mean is not None and mean != run_mean:
         overrides.append(f"mean {mean!r} instead of the run's {run_mean!r}")
     if resize_size is not None and resize_size != run_resize:
@@ -1090,7 +401,7 @@ def _stats_preprocessing(crop, resize, mode, stats_path, source):
     if mode != "none":
         stats = load_stats(stats_path)
         array = stats.mean_image if mode == "image" else stats.channel_mean
-    return Preprocessing(crop_size=crop, resize_size=resize, mean_mode=mode, mean=array,
+    return _preprocessing(crop_size=crop, resize_size=resize, mean_mode=mode, mean=array,
                          source=source, stats_path=stats_path if mode != "none" else None)
 
 
@@ -1102,13 +413,13 @@ def open_run(path, *, stats=None, mean=None, resize_size=None, class_index="auto
     ``stats.npz`` (or ``mean_image.npy``), the class order from ``class_names`` /
     ``class_index``. ``stats``, ``mean`` and ``resize_size`` given explicitly replace
     the run's values (listed in ``Run.overrides``). Without a run, the preprocessing
-    must be given: ``stats`` (mean ``"image"`` by default) or ``mean="none"``; the
+    must be given: ``stats`` (mean ``TRAINED_MEAN`` by default) or ``mean="none"``; the
     resize size defaults to ``crop * 256 / 227``.
 
     Args:
         path: a run or model directory, or a ``.keras`` file.
         stats: path of a statistics ``.npz`` (``python -m keras_alexnet.stats``).
-        mean: ``"image"``, ``"channel"`` or ``"none"``.
+        mean: one of `keras_alexnet.preprocessing.MEAN_MODES`.
         resize_size: side of the central square.
         class_index: for a bare model: ``"auto"``, ``"imagenet"`` or ``"compact"``.
         unsafe: see `load_model`.
@@ -1119,8 +430,8 @@ def open_run(path, *, stats=None, mean=None, resize_size=None, class_index="auto
     Raises:
         RunNotFoundError, UnsafeModelError, RunError: with the path.
     """
-    if mean not in (None, *MEAN_MODES):
-        raise RunError(f"mean must be 'image', 'channel' or 'none', got {mean!r}.")
+    if mean not in (None, *pre_lib.MEAN_MODES):
+        raise RunError(f"mean must be one of {pre_lib.MEAN_MODES}, got {mean!r}.")
     model_path, run_dir = find_run(path)
     overrides = []
     if run_dir is None:
@@ -1131,10 +442,10 @@ def open_run(path, *, stats=None, mean=None, resize_size=None, class_index="auto
                 "explicitly: --stats FILE (the training set's statistics, from `python -m "
                 "keras_alexnet.stats`) or --mean none.")
         model = load_model(model_path, unsafe=unsafe)
-        crop = int(model.input_shape[1]) if model.input_shape[1] else data_lib.CROP_SIZE
-        mode = mean or "image"
+        crop = int(model.input_shape[1]) if model.input_shape[1] else pre_lib.CROP_SIZE
+        mode = mean or pre_lib.TRAINED_MEAN
         preprocessing = _stats_preprocessing(
-            crop, resize_size or data_lib.default_resize_size(crop), mode,
+            crop, resize_size or pre_lib.default_resize_size(crop), mode,
             Path(stats) if stats is not None else None, "arguments")
         run = Run(path=None, model_path=model_path, config={}, kind="model",
                   preprocessing=preprocessing, class_names=None, class_index=class_index,

@@ -1,4 +1,4 @@
-"""Training-set statistics for the paper's preprocessing (§2, §4.1).
+"""Training-set statistics for the paper's preprocessing (docs/paper.md §2, §4.1).
 
 The paper subtracts "the mean activity over the training set from each pixel" (§2; the
 mean *image*, 256x256x3) and adds PCA colour noise along the eigenvectors of "the 3x3
@@ -40,7 +40,7 @@ import sys
 import numpy as np
 import tensorflow as tf
 
-from keras_alexnet import data
+from keras_alexnet import images as image_lib, preprocessing as pre_lib, sources
 
 FORMAT_VERSION = 1
 
@@ -216,7 +216,7 @@ def _batch_sums(images):
 def compute_stats(
     source_or_dir,
     max_images=None,
-    resize_size=data.RESIZE_SIZE,
+    resize_size=pre_lib.RESIZE_SIZE,
     *,
     split="train",
     batch_size=32,
@@ -226,12 +226,12 @@ def compute_stats(
     """Streams a training set once and computes its `DatasetStats`.
 
     Every image is decoded, rescaled (shorter side ``resize_size``) and centre-cropped
-    exactly as `keras_alexnet.data.load_image` does for training. Undecodable files are
+    exactly as `keras_alexnet.images.load_image` does for training. Undecodable files are
     skipped and counted.
 
     Args:
-        source_or_dir: a `keras_alexnet.data.Source`, or a directory for
-            `keras_alexnet.data.folder_source`.
+        source_or_dir: a `keras_alexnet.sources.Source`, or a directory for
+            `keras_alexnet.sources.folder_source`.
         max_images: use at most this many images: a seeded random subset of a folder's
             files (all classes represented), or the first records of a TFDS source.
         resize_size: side of the central square.
@@ -244,16 +244,16 @@ def compute_stats(
         A `DatasetStats`.
 
     Raises:
-        keras_alexnet.data.DatasetError: when no image could be decoded.
+        keras_alexnet.sources.DatasetError: when no image could be decoded.
     """
-    if isinstance(source_or_dir, data.Source):
+    if isinstance(source_or_dir, sources.Source):
         source = source_or_dir
     else:
-        source = data.folder_source(source_or_dir, split)
+        source = sources.folder_source(source_or_dir, split)
     subset = _subset(source, max_images, seed)
     from_path = subset.element == "path"
     ds = subset.dataset.map(
-        lambda x, _: data.load_image(x, resize_size, from_path),
+        lambda x, _: image_lib.load_image(x, resize_size, from_path),
         num_parallel_calls=tf.data.AUTOTUNE,
         deterministic=False,  # sums do not depend on the order
     )
@@ -279,7 +279,7 @@ def compute_stats(
     if bar is not None:
         bar.close()
     if count == 0:
-        raise data.DatasetError(f"No decodable image in {subset.location}.")
+        raise sources.DatasetError(f"No decodable image in {subset.location}.")
 
     num_pixels = count * resize_size * resize_size
     channel_mean = pixel_sum / num_pixels
@@ -311,13 +311,13 @@ def main(argv=None):
     parser.add_argument("--tfds-name", default=None, help="TFDS dataset name (optional)")
     parser.add_argument("--manual-dir", default=None, help="TFDS manual dir (imagenet2012)")
     parser.add_argument("--max-images", type=int, default=None)
-    parser.add_argument("--resize-size", type=int, default=data.RESIZE_SIZE)
+    parser.add_argument("--resize-size", type=int, default=pre_lib.RESIZE_SIZE)
     parser.add_argument("--seed", type=int, default=0, help="seed of the --max-images subset")
     parser.add_argument("--out", required=True, help="output .npz file")
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
 
-    source = data.load_source(
+    source = sources.load_source(
         args.data_dir, args.split, tfds_name=args.tfds_name, manual_dir=args.manual_dir
     )
     stats = compute_stats(

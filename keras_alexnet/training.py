@@ -24,12 +24,12 @@ import tensorflow as tf
 
 from keras_alexnet import data as data_lib
 from keras_alexnet import keras_compat
-from keras_alexnet import runs
+from keras_alexnet import run_files, training_state
 from keras_alexnet import stats as stats_lib
 from keras_alexnet.metrics import TopKError, error_metrics  # noqa: F401 (re-exported)
 from keras_alexnet.model import AlexNet
 
-MONITOR = runs.MONITOR
+MONITOR = run_files.MONITOR
 
 
 # Optimiser -----------------------------------------------------------------------------
@@ -254,7 +254,7 @@ def check_finite(model, logs, epoch, steps=None):
 
 class SaveTrainingState(keras.callbacks.Callback):
     """Writes the training state of a run at the end of every epoch, kill-safe
-    (`keras_alexnet.runs.save_training_state`: model and state, ``best.keras``,
+    (`keras_alexnet.training_state.save_training_state`: model and state, ``best.keras``,
     ``last.keras``, ``metrics.csv``, then the pointer).
 
     Args:
@@ -284,7 +284,7 @@ class SaveTrainingState(keras.callbacks.Callback):
         row.update({k: float(v) for k, v in (logs or {}).items()})
         self.history.append(row)
         callbacks = {name: cb.get_state() for name, cb in self.stateful.items()}
-        self.best = runs.save_training_state(self.run_dir, self.model, self.history, callbacks,
+        self.best = training_state.save_training_state(self.run_dir, self.model, self.history, callbacks,
                                              self.best, self.monitor)
 
 
@@ -433,11 +433,11 @@ class RunSettings:
 
 def _prepare_stats(train_source, recipe, run_dir, stats_path, max_images, is_chief):
     """Loads ``stats_path``, the run's own ``stats.npz``, or computes and saves it."""
-    own = run_dir / runs.STATS_FILE
+    own = run_dir / run_files.STATS_FILE
     if stats_path:
-        stats = runs.load_stats(stats_path)
+        stats = run_files.load_stats(stats_path)
     elif own.is_file():
-        stats = runs.load_stats(own)
+        stats = run_files.load_stats(own)
     else:
         if recipe.mean == "none" and not recipe.pca_stddev:
             return None
@@ -448,7 +448,7 @@ def _prepare_stats(train_source, recipe, run_dir, stats_path, max_images, is_chi
         print(f"Note: statistics were computed at {stats.resize_size}px; the mean image is resized to "
               f"{recipe.resize_size}px.")
     if is_chief and not own.is_file():
-        runs.write_stats(run_dir, stats)
+        run_files.write_stats(run_dir, stats)
     return stats
 
 
@@ -517,7 +517,7 @@ def train(recipe, train_source, val_source, settings, stats_path=None, data_desc
 
     Args:
         recipe: a `keras_alexnet.recipes.Recipe`.
-        train_source, val_source: `keras_alexnet.data.Source` s.
+        train_source, val_source: `keras_alexnet.sources.Source` s.
         settings: `RunSettings`.
         stats_path: an ``.npz`` from ``python -m keras_alexnet.stats``; None computes
             (and saves) the statistics of the training source.
@@ -530,9 +530,9 @@ def train(recipe, train_source, val_source, settings, stats_path=None, data_desc
         The dict also written to ``summary.json``.
 
     Raises:
-        keras_alexnet.runs.RunLockedError: another process is training in the directory.
-        keras_alexnet.runs.RunWriteError: a file could not be written (a full disk).
-        keras_alexnet.runs.RunError: a damaged run directory without a checkpoint to use.
+        keras_alexnet.run_files.RunLockedError: another process is training in the directory.
+        keras_alexnet.run_files.RunWriteError: a file could not be written (a full disk).
+        keras_alexnet.run_files.RunError: a damaged run directory without a checkpoint to use.
         TrainingDiverged: the loss became non-finite (nothing of that epoch is saved).
     """
     run_dir = Path(settings.output_dir)
@@ -552,10 +552,10 @@ def train(recipe, train_source, val_source, settings, stats_path=None, data_desc
         keras_compat.patch_multi_worker_reduce()
     if recipe.batch_size % num_workers:
         raise ValueError(f"batch size {recipe.batch_size} is not divisible by {num_workers} workers.")
-    # One writer per directory (`keras_alexnet.runs.RunLock`), taken before anything is
+    # One writer per directory (`keras_alexnet.run_files.RunLock`), taken before anything is
     # written: the chief locks the run, worker i its own RUN/workers/<i>.
-    own_dir = run_dir if is_chief else run_dir / runs.WORKERS_DIR / str(worker_index)
-    with runs.lock_run(own_dir):
+    own_dir = run_dir if is_chief else run_dir / run_files.WORKERS_DIR / str(worker_index)
+    with run_files.lock_run(own_dir):
         return _train_locked(recipe, train_source, val_source, settings, stats_path, data_description,
                              strategy, run_dir, num_workers, worker_index, is_chief)
 
@@ -569,13 +569,13 @@ def _train_locked(recipe, train_source, val_source, settings, stats_path, data_d
         "num_classes": train_source.num_classes,
         "class_names": list(train_source.class_names),
         "class_index": train_source.class_index,
-        "versions": runs.versions(),
+        "versions": run_files.versions(),
         # Relative paths in "data" are relative to this (notebooks resolve them with it).
         "working_dir": os.getcwd(),
     }
-    runs.check_config(run_dir, config)
+    run_files.check_config(run_dir, config)
     if is_chief:
-        runs.write_config(run_dir, config)
+        run_files.write_config(run_dir, config)
 
     stats = _prepare_stats(train_source, recipe, run_dir, stats_path, settings.stats_max_images, is_chief)
 
@@ -606,9 +606,9 @@ def _train_locked(recipe, train_source, val_source, settings, stats_path, data_d
             with strategy.scope():
                 restore_into(model, state.model_path)
         except Exception as e:  # a model that passed the archive check but does not load
-            raise runs.DamagedStateError(
+            raise run_files.DamagedStateError(
                 f"Cannot resume {run_dir} from {state.model_path}: {type(e).__name__}: {e}. Delete "
-                f"{run_dir / runs.POINTER_FILE} and that file to fall back on an older checkpoint, "
+                f"{run_dir / run_files.POINTER_FILE} and that file to fall back on an older checkpoint, "
                 "or pass another --output-dir.") from e
         history[:] = state.history
         for name, cb in stateful.items():
@@ -617,7 +617,7 @@ def _train_locked(recipe, train_source, val_source, settings, stats_path, data_d
         return state.epoch
 
     history, initial_epoch = [], 0
-    state = runs.read_training_state(run_dir)  # prints which checkpoint, if one was damaged
+    state = training_state.read_training_state(run_dir)  # prints which checkpoint, if one was damaged
     if state is not None:
         initial_epoch = restore(state)
         if "divergence" in state.callbacks:
@@ -630,7 +630,7 @@ def _train_locked(recipe, train_source, val_source, settings, stats_path, data_d
     # The checkpoint goes after every callback that adds to the logs or changes state.
     callbacks += [checkpoint]
     if is_chief:
-        callbacks.append(keras.callbacks.TensorBoard(str(run_dir / runs.TENSORBOARD_DIR), write_graph=False))
+        callbacks.append(keras.callbacks.TensorBoard(str(run_dir / run_files.TENSORBOARD_DIR), write_graph=False))
 
     start = time.time()
     while True:
@@ -651,7 +651,7 @@ def _train_locked(recipe, train_source, val_source, settings, stats_path, data_d
         guard.recoveries += 1
         diverged_lr = _lr(model)
         diverged_scale = steps_schedule.scale if steps_schedule is not None else 1.0
-        state = runs.read_training_state(run_dir)
+        state = training_state.read_training_state(run_dir)
         if state is not None:
             initial_epoch, where = restore(state), f"epoch {state.epoch} ({state.model_path})"
         else:  # nothing saved yet: the initial weights, a fresh optimizer and schedule
@@ -677,7 +677,7 @@ def _train_locked(recipe, train_source, val_source, settings, stats_path, data_d
     summary["data_dir"] = (config["data"] or {}).get("data_dir")
     if is_chief:
         summary["curves"] = write_curves(run_dir, history)
-        runs.write_summary(run_dir, summary)
+        run_files.write_summary(run_dir, summary)
     return summary
 
 
@@ -718,9 +718,9 @@ def write_curves(run_dir, history):
     or None when they cannot be drawn (said, never fatal: the models are saved)."""
     from keras_alexnet import visualize
 
-    path = Path(run_dir) / runs.FIGURES_DIR / "training_curves.png"
+    path = Path(run_dir) / run_files.FIGURES_DIR / "training_curves.png"
     try:
-        visualize.plot_training_curves(runs.read_metrics(run_dir), path, title=f"Training curves: {run_dir}")
+        visualize.plot_training_curves(run_files.read_metrics(run_dir), path, title=f"Training curves: {run_dir}")
     except (OSError, ValueError) as e:
         print(f"Could not draw the training curves into {path}: {e}")
         return None
@@ -738,7 +738,7 @@ def format_summary(summary):
         f"top-5 error {final['val_top5_error']:.2%} (best top-1 {best['val_top1_error']:.2%} at epoch "
         f"{best['epoch']}; chance: {1 - 1 / n:.1%} top-1 over {n} classes).",
         f"Models:  {summary['best_model']} (best), {summary['last_model']} (last)",
-        f"Metrics: {Path(run_dir) / runs.METRICS_FILE}",
+        f"Metrics: {Path(run_dir) / run_files.METRICS_FILE}",
     ]
     if summary.get("curves"):
         lines.append(f"Curves:  {summary['curves']}")
@@ -770,6 +770,6 @@ def summarize(run_dir, history, train_source, val_source, seconds, counter):
         "training_seconds_this_session": seconds,
         "total_epoch_seconds": sum(r.get("seconds", 0.0) for r in history),
         "images_seen": trained_images,
-        "best_model": str(run_dir / runs.BEST_MODEL),
-        "last_model": str(run_dir / runs.LAST_MODEL),
+        "best_model": str(run_dir / run_files.BEST_MODEL),
+        "last_model": str(run_dir / run_files.LAST_MODEL),
     }

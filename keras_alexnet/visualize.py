@@ -22,7 +22,7 @@ Images. What a model sees is an RGB crop in ``[0, 255]`` with the training mean
 subtracted (paper §2), or a converted network's own input. Functions that run the model
 take ``images`` plus an optional ``preprocess`` callable: with it, ``images`` are plain
 RGB in ``[0, 255]`` (what is drawn) and ``preprocess(images)`` is what the model gets,
-e.g. a run's ``run.preprocessing.network_input`` (`keras_alexnet.runs.Preprocessing`,
+e.g. a run's ``run.preprocessing.network_input`` (`keras_alexnet.preprocessing.Preprocessing`,
 the same tensor the evaluation pipeline feeds); without it, ``images`` go to the model
 as they are and are drawn min-max scaled.
 
@@ -687,7 +687,7 @@ def training_series(metrics):
 
 def plot_training_curves(metrics, path=None, title="Training curves"):
     """Loss, top-1 and top-5 error and learning rate by epoch, train solid and
-    validation dashed, from metrics columns (`keras_alexnet.runs.read_metrics`, or a
+    validation dashed, from metrics columns (`keras_alexnet.run_files.read_metrics`, or a
     run's ``run.metrics()``). Only the panels whose columns exist are drawn; the
     learning rate is on a log scale."""
     series = training_series(metrics)
@@ -759,15 +759,15 @@ def spread(files, n):
 
 def main(argv=None):
     """The command; returns the list of files written. Raises
-    `keras_alexnet.runs.RunError` (or a `keras_alexnet.data.DatasetError`) naming the
-    path when the run, its model or an image path is missing."""
-    from keras_alexnet import data, runs
+    `keras_alexnet.run_files.RunError` (or a `keras_alexnet.sources.DatasetError`) naming
+    the path when the run, its model or an image path is missing."""
+    from keras_alexnet import runs, sources
 
     args = _parser().parse_args(argv)
     run = runs.open_run(args.run)
     out = Path(args.out) if args.out else run.figures_dir()
-    images = data.list_images(args.images) if args.images else []
-    base_files = data.list_images(args.neighbours_from) if args.neighbours_from else []
+    images = sources.list_images(args.images) if args.images else []
+    base_files = sources.list_images(args.neighbours_from) if args.neighbours_from else []
     out.mkdir(parents=True, exist_ok=True)
     model = run.model
     print(f"model: {run.model_path}")
@@ -829,9 +829,9 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    from keras_alexnet import data as _data, runs as _runs
+    from keras_alexnet import run_files, sources
 
     try:
         main()
-    except (_runs.RunError, _data.DatasetError, FileNotFoundError) as e:
+    except (run_files.RunError, sources.DatasetError, FileNotFoundError) as e:
         sys.exit(f"error: {e}")

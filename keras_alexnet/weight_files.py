@@ -343,7 +343,7 @@ def torchvision_keras_weights(weights):
 def weights_variant(weights):
     """The variant a weights file or model directory holds (for `AlexNet(weights=...)`)."""
     path = Path(weights)
-    if path.is_dir():  # a model directory: its model file (keras_alexnet.runs.CONVERTED_MODEL)
+    if path.is_dir():  # a model directory: its model file (keras_alexnet.run_files.CONVERTED_MODEL)
         path = path / "model.keras"
     suffix = path.suffix.lower()
     if suffix == ".keras":

@@ -11,7 +11,7 @@ import tensorflow as tf
 import alexnet_dirs
 
 import keras_alexnet
-from keras_alexnet import applications, data, evaluation, runs
+from keras_alexnet import applications, data, evaluation, runs, sources
 
 
 @pytest.fixture(scope="module")
@@ -48,14 +48,14 @@ def test_preprocess_input_is_the_network_input_of_the_evaluation_pipeline(model_
     got = keras_alexnet.preprocess_input(crops, run=run)
     assert isinstance(got, np.ndarray) and got.dtype == np.float32 and got.shape == crops.shape
     np.testing.assert_array_equal(got, pre.network_input(crops))
-    images, _ = next(iter(pre.dataset(_one_file_source(photo), batch_size=1)))
+    images, _ = next(iter(data.preprocessed_dataset(_one_file_source(photo), pre, batch_size=1)))
     np.testing.assert_allclose(got, images.numpy(), rtol=0, atol=1e-4)
     # one image without the batch axis, and a run given by its path
     np.testing.assert_array_equal(keras_alexnet.preprocess_input(crops[0], run=str(model_dirs[name])), got[0])
 
 
 def _one_file_source(path):
-    return data.Source(
+    return sources.Source(
         location="test", split="test", class_names=("x",), num_classes=1, class_index="compact",
         dataset=tf.data.Dataset.from_tensor_slices((np.array([str(path)], dtype=object), np.array([0], np.int32))),
         element="path", num_examples=1, paths=np.array([str(path)], dtype=object),

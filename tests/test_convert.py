@@ -16,7 +16,9 @@ import tensorflow as tf
 
 import keras_alexnet
 from keras_alexnet import convert, runs, weight_files
-from keras_alexnet.data import imagenet_class_names, load_image
+from keras_alexnet.imagenet import imagenet_class_names
+from keras_alexnet.images import load_image
+from keras_alexnet.preprocessing import RESIZE_SIZE
 from keras_alexnet.layers import LocalResponseNormalization, OnDevice
 from keras_alexnet.model import layer_table
 from keras_alexnet.weight_readers import ConversionError
@@ -69,7 +71,7 @@ def squares(shared_data):
     """Three real photos, decoded, shorter side resized to 256, central 256 square: once."""
     root = shared_data / "imagenet-sample" / "val"
     paths = sorted(str(p) for p in root.glob("*/*.JPEG"))[:3]
-    return np.stack([load_image(p).numpy() for p in paths])
+    return np.stack([load_image(p, RESIZE_SIZE).numpy() for p in paths])
 
 
 # ---------------------------------------------------------------------------------------

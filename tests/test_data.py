@@ -17,7 +17,7 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from keras_alexnet import data
+from keras_alexnet import data, imagenet, images as image_lib, preprocessing as pre_lib, sources
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 IMAGENETTE = SHARED / "imagenette"
@@ -74,9 +74,9 @@ def read_labels(ds):
 
 
 def test_imagenet_class_names_are_the_standard_order():
-    assert list(data.imagenet_class_names()) == synset_order()
-    assert len(data.imagenet_validation_wnids()) == 50_000
-    assert list(data.imagenet_validation_wnids()[:5]) == tfds_lines("validation_labels.txt")[:5]
+    assert list(imagenet.imagenet_class_names()) == synset_order()
+    assert len(imagenet.imagenet_validation_wnids()) == 50_000
+    assert list(imagenet.imagenet_validation_wnids()[:5]) == tfds_lines("validation_labels.txt")[:5]
 
 
 # --------------------------------------------------------------------------- real photos
@@ -84,7 +84,7 @@ def test_imagenet_class_names_are_the_standard_order():
 
 @needs_shared
 def test_imagenette_train_folder_uses_imagenet_indices():
-    source = data.folder_source(IMAGENETTE / "train")  # DATA_DIR = a folder of classes
+    source = sources.folder_source(IMAGENETTE / "train")  # DATA_DIR = a folder of classes
     order = synset_order()
     expected = sorted(
         (str(Path(root) / name), order.index(Path(root).name))
@@ -103,11 +103,11 @@ def test_imagenette_train_folder_uses_imagenet_indices():
 
 @needs_shared
 def test_split_names_are_forgiving_and_compact_indices_follow_folders():
-    val = data.folder_source(IMAGENETTE, "val")
-    validation = data.folder_source(IMAGENETTE, "validation")
+    val = sources.folder_source(IMAGENETTE, "val")
+    validation = sources.folder_source(IMAGENETTE, "validation")
     assert val.location == validation.location == str(IMAGENETTE / "val")
     assert val.paths.tolist() == validation.paths.tolist()
-    compact = data.folder_source(IMAGENETTE, "train", class_index="compact")
+    compact = sources.folder_source(IMAGENETTE, "train", class_index="compact")
     folders = sorted(os.listdir(IMAGENETTE / "train"))
     assert compact.num_classes == 10 and list(compact.class_names) == folders
     parents = [Path(p).parent.name for p in compact.paths]
@@ -116,7 +116,7 @@ def test_split_names_are_forgiving_and_compact_indices_follow_folders():
 
 @needs_shared
 def test_imagenet_sample_all_sizes_load_to_256_with_right_labels():
-    source = data.folder_source(SAMPLE, None)
+    source = sources.folder_source(SAMPLE, None)
     order = synset_order()
     assert source.num_examples == 100 and source.num_classes == 1000
     assert [order[k] for k in source.labels] == [Path(p).parent.name for p in source.paths]
@@ -133,8 +133,8 @@ def test_imagenet_sample_all_sizes_load_to_256_with_right_labels():
 
 @needs_shared
 def test_folder_named_like_another_split_is_refused():
-    with pytest.raises(data.DatasetNotFoundError, match=str(IMAGENETTE / "train")):
-        data.folder_source(IMAGENETTE / "train", "val")
+    with pytest.raises(sources.DatasetNotFoundError, match=str(IMAGENETTE / "train")):
+        sources.folder_source(IMAGENETTE / "train", "val")
 
 
 # --------------------------------------------------------------------------- flat val layout
@@ -148,13 +148,13 @@ def test_flat_validation_folder_is_labelled_from_validation_labels(tmp_path):
     (val / "README.txt").write_text("not an image")
     wnids = tfds_lines("validation_labels.txt")
     order = synset_order()
-    source = data.folder_source(tmp_path, "validation")
+    source = sources.folder_source(tmp_path, "validation")
     got = {Path(p).name: int(label) for p, label in zip(source.paths, source.labels)}
     assert got == {f"ILSVRC2012_val_{k:08d}.JPEG": order.index(wnids[k - 1]) for k in numbers}
     assert source.num_classes == 1000
     assert source.non_image_files == (str(val / "README.txt"),)
     # Compact indices over the wnids present, in sorted order.
-    compact = data.folder_source(tmp_path, "val", class_index="compact")
+    compact = sources.folder_source(tmp_path, "val", class_index="compact")
     present = sorted({wnids[k - 1] for k in numbers})
     assert list(compact.class_names) == present
     got = {Path(p).name: compact.class_names[k] for p, k in zip(compact.paths, compact.labels)}
@@ -164,16 +164,16 @@ def test_flat_validation_folder_is_labelled_from_validation_labels(tmp_path):
 def test_flat_validation_folder_rejects_unlabellable_files(tmp_path):
     save(tmp_path / "val" / "ILSVRC2012_val_00000001.JPEG", flat_image(1))
     save(tmp_path / "val" / "holiday.jpg", flat_image(2))
-    with pytest.raises(data.DatasetError, match="holiday.jpg"):
-        data.folder_source(tmp_path, "val")
+    with pytest.raises(sources.DatasetError, match="holiday.jpg"):
+        sources.folder_source(tmp_path, "val")
     (tmp_path / "val" / "holiday.jpg").unlink()
     save(tmp_path / "val" / "ILSVRC2012_val_00050001.JPEG", flat_image(2))
-    with pytest.raises(data.DatasetError, match="ILSVRC2012_val_00050001"):
-        data.folder_source(tmp_path, "val")
+    with pytest.raises(sources.DatasetError, match="ILSVRC2012_val_00050001"):
+        sources.folder_source(tmp_path, "val")
     (tmp_path / "val" / "ILSVRC2012_val_00050001.JPEG").unlink()
     # A wnid of the labels that is not in the given class list.
-    with pytest.raises(data.DatasetError, match=str(tmp_path / "val")):
-        data.folder_source(tmp_path, "val", class_names=[WNID_A])
+    with pytest.raises(sources.DatasetError, match=str(tmp_path / "val")):
+        sources.folder_source(tmp_path, "val", class_names=[WNID_A])
 
 
 # --------------------------------------------------------------------------- clear errors
@@ -218,9 +218,9 @@ def test_structural_problems_are_clear_errors(tmp_path, layout, culprit):
         make_classes(train, [WNID_A])
         save(train / "stray.JPEG", flat_image(3))
     split = "val" if layout == "missing_split" else "train"
-    expected = data.DatasetNotFoundError if layout.startswith("missing") else data.DatasetError
+    expected = sources.DatasetNotFoundError if layout.startswith("missing") else sources.DatasetError
     with pytest.raises(expected) as info:
-        data.folder_source(root, split)
+        sources.folder_source(root, split)
     assert culprit in str(info.value)
     assert isinstance(info.value, ValueError)
     if layout.startswith("missing"):
@@ -230,27 +230,27 @@ def test_structural_problems_are_clear_errors(tmp_path, layout, culprit):
 def test_class_names_fix_compact_indices_across_splits(tmp_path):
     make_classes(tmp_path / "train", ["cat", "dog", "emu"])
     make_classes(tmp_path / "val", ["dog", "emu"])  # a class missing in val
-    train = data.folder_source(tmp_path, "train")
+    train = sources.folder_source(tmp_path, "train")
     assert train.class_index == "compact" and train.class_names == ("cat", "dog", "emu")
-    val = data.folder_source(tmp_path, "val", class_names=train.class_names)
+    val = sources.folder_source(tmp_path, "val", class_names=train.class_names)
     assert val.num_classes == 3
     assert [val.class_names[k] for k in val.labels] == [Path(p).parent.name for p in val.paths]
     assert set(val.labels.tolist()) == {1, 2}
-    with pytest.raises(data.DatasetError, match="emu"):
-        data.folder_source(tmp_path, "val", class_names=["cat", "dog"])
+    with pytest.raises(sources.DatasetError, match="emu"):
+        sources.folder_source(tmp_path, "val", class_names=["cat", "dog"])
 
 
 def test_compact_wnid_model_keeps_its_indices_on_validation(tmp_path):
     make_classes(tmp_path / "train", [WNID_B, WNID_A, "n01484850"])
     make_classes(tmp_path / "val", ["n01484850", WNID_A])
-    train = data.folder_source(tmp_path, "train", class_index="compact")
+    train = sources.folder_source(tmp_path, "train", class_index="compact")
     assert train.class_names == (WNID_A, WNID_B, "n01484850") and train.num_classes == 3
-    val = data.folder_source(tmp_path, "val", class_names=train.class_names)
+    val = sources.folder_source(tmp_path, "val", class_names=train.class_names)
     assert val.class_index == "compact" and val.class_names == train.class_names
     assert [val.class_names[k] for k in val.labels] == [Path(p).parent.name for p in val.paths]
     assert sorted(set(val.labels.tolist())) == [0, 2]
     # The full standard list in order is the ImageNet index.
-    full = data.folder_source(tmp_path, "val", class_names=synset_order())
+    full = sources.folder_source(tmp_path, "val", class_names=synset_order())
     assert full.class_index == "imagenet" and sorted(set(full.labels.tolist())) == [0, 2]
 
 
@@ -259,11 +259,11 @@ def test_compact_wnid_model_keeps_its_indices_on_validation(tmp_path):
 
 def test_resize_shorter_side_and_central_crop_shapes():
     image = tf.zeros([300, 1000, 3], tf.uint8)
-    resized = data.resize_shorter_side(image, 256)
+    resized = image_lib.resize_shorter_side(image, 256)
     assert resized.dtype == tf.float32 and resized.shape == (256, round(1000 * 256 / 300), 3)
-    tall = data.resize_shorter_side(tf.zeros([57, 40, 3]), 256)
+    tall = image_lib.resize_shorter_side(tf.zeros([57, 40, 3]), 256)
     assert tall.shape == (round(57 * 256 / 40), 256, 3)
-    assert data.central_crop(resized, 256).shape == (256, 256, 3)
+    assert image_lib.central_crop(resized, 256).shape == (256, 256, 3)
 
 
 def test_resize_and_central_crop_match_numpy_on_exact_cases():
@@ -271,7 +271,7 @@ def test_resize_and_central_crop_match_numpy_on_exact_cases():
     # square is the NumPy slice [:, 22:278] exactly.
     rng = np.random.default_rng(0)
     image = rng.integers(0, 256, (256, 300, 3)).astype(np.uint8)
-    square = data.central_crop(data.resize_shorter_side(image, 256), 256)
+    square = image_lib.central_crop(image_lib.resize_shorter_side(image, 256), 256)
     np.testing.assert_array_equal(square.numpy(), image[:, 22:278].astype(np.float32))
 
 
@@ -294,12 +294,12 @@ def pillow_square(image, size):
 def test_resize_central_square_matches_pillow(shape):
     image = np.random.default_rng(sum(shape)).integers(0, 256, (*shape, 3)).astype(np.uint8)
     expected = pillow_square(image, 64)
-    square = data.resize_central_square(image, 64).numpy()
-    full = data.central_crop(data.resize_shorter_side(image, 64), 64).numpy()
+    square = image_lib.resize_central_square(image, 64).numpy()
+    full = image_lib.central_crop(image_lib.resize_shorter_side(image, 64), 64).numpy()
     np.testing.assert_allclose(square, expected, atol=2e-3)
     np.testing.assert_allclose(full, expected, atol=2e-3)
     in_data = next(iter(tf.data.Dataset.from_tensors(image).map(
-        lambda x: data.resize_central_square(x, 64))))
+        lambda x: image_lib.resize_central_square(x, 64))))
     np.testing.assert_array_equal(in_data.numpy(), square)
 
 
@@ -320,7 +320,7 @@ def test_random_crops_are_windows_of_the_image_and_flip_half_the_time():
     tensor = tf.constant(image)
     n = 600
     seeds = tf.data.Dataset.random(seed=5).batch(2).take(n)
-    views = seeds.map(lambda s: data.random_crop_and_flip(tensor, s, 227)).batch(200)
+    views = seeds.map(lambda s: pre_lib.random_crop_and_flip(tensor, s, 227)).batch(200)
     windows = []
     for batch in views:
         for crop in batch.numpy():
@@ -335,23 +335,23 @@ def test_random_crops_are_windows_of_the_image_and_flip_half_the_time():
     assert abs(flips.mean() - 0.5) < 0.102
     # Eager call gives the same as inside tf.data.
     seed = tf.constant([3, 4], tf.int64)
-    eager = data.random_crop_and_flip(tensor, seed, 227).numpy()
+    eager = pre_lib.random_crop_and_flip(tensor, seed, 227).numpy()
     in_data = next(iter(tf.data.Dataset.from_tensors(seed).map(
-        lambda s: data.random_crop_and_flip(tensor, s, 227))))
+        lambda s: pre_lib.random_crop_and_flip(tensor, s, 227))))
     np.testing.assert_array_equal(eager, in_data.numpy())
 
 
 def test_ten_crops_are_corners_centre_and_mirrors():
     image = coordinate_image().astype(np.float32)
     mean = np.random.default_rng(1).uniform(0, 255, image.shape).astype(np.float32)
-    crops = data.ten_crops(tf.constant(image), 227, tf.constant(mean)).numpy()
+    crops = pre_lib.ten_crops(tf.constant(image), 227, tf.constant(mean)).numpy()
     shifted = image - mean  # mean subtracted at the same window = before cropping
     windows = [shifted[:227, :227], shifted[:227, 29:], shifted[29:, :227], shifted[29:, 29:],
                shifted[14:241, 14:241]]
     expected = np.stack(windows + [w[:, ::-1] for w in windows])
     assert crops.shape == (10, 227, 227, 3)
     np.testing.assert_allclose(crops, expected, atol=1e-4)
-    centre = data.center_crop(tf.constant(image), 227).numpy()
+    centre = pre_lib.center_crop(tf.constant(image), 227).numpy()
     np.testing.assert_array_equal(centre, image[14:241, 14:241])
 
 
@@ -365,7 +365,7 @@ def coordinate_folder(root, count=3):
 
 def test_training_pipeline_crops_subtract_the_mean_at_the_same_window(tmp_path):
     image = coordinate_folder(tmp_path).astype(np.float32)
-    source = data.folder_source(tmp_path, None)
+    source = sources.folder_source(tmp_path, None)
     mean = np.random.default_rng(2).uniform(0, 255, (256, 256, 3)).astype(np.float32)
 
     class Stats:  # only the fields the pipeline reads
@@ -387,7 +387,7 @@ def test_training_pipeline_crops_subtract_the_mean_at_the_same_window(tmp_path):
 
 def test_mean_image_of_another_size_is_resized_and_errors_are_clear(tmp_path):
     save(tmp_path / "a" / "flat.png", np.full((16, 16, 3), 100, np.uint8))
-    source = data.folder_source(tmp_path, None)
+    source = sources.folder_source(tmp_path, None)
 
     class Stats:  # a mean image computed at 32 x 32, used at 16 x 16
         mean_image = np.full((32, 32, 3), 30.0, np.float32)
@@ -399,15 +399,15 @@ def test_mean_image_of_another_size_is_resized_and_errors_are_clear(tmp_path):
         data.training_dataset(source, mean="image")
     with pytest.raises(ValueError, match="crop_size"):
         data.training_dataset(source, crop_size=17, resize_size=16)
-    assert data.load_source(tmp_path, None).paths.tolist() == source.paths.tolist()
+    assert sources.load_source(tmp_path, None).paths.tolist() == source.paths.tolist()
 
 
 def test_evaluation_pipeline_ten_crops_from_files(tmp_path):
     image = coordinate_folder(tmp_path, count=2).astype(np.float32)
-    source = data.folder_source(tmp_path, None)
+    source = sources.folder_source(tmp_path, None)
     images, labels = next(iter(data.evaluation_dataset(source, 2, crops="ten")))
     assert images.shape == (2, 10, 227, 227, 3) and labels.numpy().tolist() == [0, 1]
-    expected = data.ten_crops(tf.constant(image), 227).numpy()
+    expected = pre_lib.ten_crops(tf.constant(image), 227).numpy()
     np.testing.assert_array_equal(images.numpy()[1], expected)
     # Reduced sizes for the tiny configuration.
     small, _ = next(iter(data.evaluation_dataset(source, 2, crop_size=57, resize_size=64)))
@@ -430,7 +430,7 @@ def epochs(ds, count=2):
 
 def test_same_seed_same_batches_different_seed_different(tmp_path):
     tiny_folder(tmp_path)
-    source = data.folder_source(tmp_path, None)
+    source = sources.folder_source(tmp_path, None)
     kwargs = dict(batch_size=4, crop_size=14, resize_size=16, drop_remainder=True)  # PCA on
     first = epochs(data.training_dataset(source, seed=7, **kwargs))
     again = epochs(data.training_dataset(source, seed=7, **kwargs))
@@ -451,7 +451,7 @@ def test_same_seed_same_batches_different_seed_different(tmp_path):
 
 def test_shards_are_disjoint_and_cover_the_source(tmp_path):
     tiny_folder(tmp_path, per_class=5)
-    source = data.folder_source(tmp_path, None)
+    source = sources.folder_source(tmp_path, None)
     shards = [
         read_labels(data.evaluation_dataset(source, 4, crop_size=8, resize_size=8,
                                             num_shards=3, shard_index=i))
@@ -468,7 +468,7 @@ def test_shards_are_disjoint_and_cover_the_source(tmp_path):
 
 def test_works_under_tf_distribute(tmp_path):
     tiny_folder(tmp_path, per_class=4)
-    source = data.folder_source(tmp_path, None)
+    source = sources.folder_source(tmp_path, None)
     strategy = tf.distribute.MirroredStrategy(["/cpu:0"])
     counter = data.SkipCounter()
     ds = data.training_dataset(source, 4, seed=0, crop_size=8, resize_size=8, counter=counter)
@@ -516,7 +516,7 @@ def pil_colour(path):
 
 def test_bad_files_are_skipped_and_counted_good_ones_arrive(tmp_path):
     good = bad_folder(tmp_path)
-    source = data.folder_source(tmp_path, None)
+    source = sources.folder_source(tmp_path, None)
     assert source.num_examples == 8  # 6 good + truncated + empty
     assert sorted(Path(p).name for p in source.non_image_files) == [".DS_Store", "notes.txt"]
     counter = data.SkipCounter()
@@ -535,7 +535,7 @@ def test_bad_files_are_skipped_and_counted_good_ones_arrive(tmp_path):
 
 def test_skip_report_logs_each_epoch_in_fit(tmp_path, capsys):
     bad_folder(tmp_path)
-    source = data.folder_source(tmp_path, None)
+    source = sources.folder_source(tmp_path, None)
     counter = data.SkipCounter()
     ds = data.training_dataset(source, 4, seed=0, crop_size=6, resize_size=8, counter=counter)
     model = keras.Sequential([keras.Input((6, 6, 3)), keras.layers.GlobalAveragePooling2D(),
@@ -551,7 +551,7 @@ def test_skip_report_logs_each_epoch_in_fit(tmp_path, capsys):
 def test_pca_noise_uses_pca_eigenvalues_of_stats(tmp_path):
     for k in range(20):
         save(tmp_path / "a" / f"grey{k}.png", np.full((16, 16, 3), 128, np.uint8))
-    source = data.folder_source(tmp_path, None)
+    source = sources.folder_source(tmp_path, None)
 
     class Stats:  # Imagenette-like covariance eigenvalues on the [0, 255] scale
         eigenvalues = np.array([15000.0, 1100.0, 230.0])
@@ -615,7 +615,7 @@ def identify(source, truth):
     """(true wnid, labelled wnid) per example, matching images by grey level."""
     pairs = []
     for encoded, label in source.dataset:
-        level = float(np.mean(data.decode_image(encoded).numpy()))
+        level = float(np.mean(image_lib.decode_image(encoded).numpy()))
         value = min(truth, key=lambda v: abs(v - level))
         assert abs(value - level) < 3
         pairs.append((truth[value], source.class_names[int(label)]))
@@ -624,27 +624,27 @@ def identify(source, truth):
 
 def test_tfds_imagenet2012_prepared_offline_from_manual_tars(imagenet2012_tars):
     manual, data_dir, train_truth, val_truth = imagenet2012_tars
-    with pytest.raises(data.DatasetNotFoundError, match="not prepared"):
-        data.tfds_source("imagenet2012", "train", data_dir=data_dir)
-    train = data.tfds_source("imagenet2012", "train", data_dir=data_dir, manual_dir=manual)
+    with pytest.raises(sources.DatasetNotFoundError, match="not prepared"):
+        sources.tfds_source("imagenet2012", "train", data_dir=data_dir)
+    train = sources.tfds_source("imagenet2012", "train", data_dir=data_dir, manual_dir=manual)
     assert train.num_classes == 1000 and list(train.class_names) == synset_order()
     pairs = identify(train, train_truth)
     assert len(pairs) == 6 and all(true == got for true, got in pairs)
     # Already prepared: found by name and data dir alone; "val" is accepted.
-    val = data.tfds_source("imagenet2012", "val", data_dir=data_dir)
+    val = sources.tfds_source("imagenet2012", "val", data_dir=data_dir)
     pairs = identify(val, val_truth)
     assert len(pairs) == 3 and all(true == got for true, got in pairs)
-    part = data.tfds_source("imagenet2012", "validation[:2]", data_dir=data_dir)
+    part = sources.tfds_source("imagenet2012", "validation[:2]", data_dir=data_dir)
     pairs = identify(part, val_truth)
     assert part.num_examples == len(pairs) == 2 and all(true == got for true, got in pairs)
     # Compact indices in a given class order, and the pipeline on encoded bytes.
     reverse = synset_order()[::-1]
-    compact = data.tfds_source("imagenet2012", "train", data_dir=data_dir, class_index="compact",
+    compact = sources.tfds_source("imagenet2012", "train", data_dir=data_dir, class_index="compact",
                                class_names=reverse)
     assert compact.class_index == "compact" and compact.class_names == tuple(reverse)
     assert all(true == got for true, got in identify(compact, train_truth))
-    with pytest.raises(data.DatasetError, match="not in the given class_names"):
-        data.tfds_source("imagenet2012", "train", data_dir=data_dir, class_names=reverse[:10])
+    with pytest.raises(sources.DatasetError, match="not in the given class_names"):
+        sources.tfds_source("imagenet2012", "train", data_dir=data_dir, class_names=reverse[:10])
     counter = data.SkipCounter()
     ds = data.training_dataset(compact, 2, seed=0, crop_size=8, resize_size=8, counter=counter)
     assert sorted(read_labels(ds).tolist()) == [997, 997, 998, 998, 999, 999]

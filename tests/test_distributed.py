@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 import keras_alexnet  # registers the custom layers for loading
-from keras_alexnet import runs, synthetic
+from keras_alexnet import run_files, synthetic
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -60,5 +60,5 @@ def test_two_workers_train_together_and_end_with_identical_weights(tmp_path):
     # Each worker read its own half of the data (sharded before decoding).
     config = json.loads((run_dir / "config.json").read_text())
     assert config["settings"]["strategy"] == "multi-worker"
-    skipped = [runs.read_metrics(d)["skipped_files"] for d in (run_dir, run_dir / "workers" / "1")]
+    skipped = [run_files.read_metrics(d)["skipped_files"] for d in (run_dir, run_dir / "workers" / "1")]
     assert skipped[0].sum() >= 1 and skipped[1].sum() == 0  # worker 0 met it, worker 1 never

@@ -23,7 +23,7 @@ import tensorflow as tf
 from PIL import Image
 
 import keras_alexnet
-from keras_alexnet import data, evaluation, imagenet, recipes, runs
+from keras_alexnet import data, evaluation, imagenet, recipes, run_files, runs, sources
 from keras_alexnet.model import outputs_probabilities
 from keras_alexnet import stats as stats_lib
 
@@ -59,11 +59,11 @@ def write_run(run_dir, models, recipe, class_names, class_index="compact", mean_
     config.json, stats.npz, *.keras (models chosen by the test)."""
     run_dir.mkdir(parents=True, exist_ok=True)
     for name, model in models.items():
-        runs.atomic_save_model(model, run_dir / name)
-    runs.write_config(run_dir, {"recipe": recipe, "num_classes": len(class_names),
+        run_files.atomic_save_model(model, run_dir / name)
+    run_files.write_config(run_dir, {"recipe": recipe, "num_classes": len(class_names),
                                 "class_names": list(class_names), "class_index": class_index, "data": {}})
     if mean_image is not None:
-        runs.write_stats(run_dir, make_stats(mean_image, class_names))
+        run_files.write_stats(run_dir, make_stats(mean_image, class_names))
     return run_dir
 
 
@@ -167,7 +167,7 @@ def test_ten_crop_equals_softmax_average_over_numpy_crops(tmp_path):
             image = np.repeat(np.repeat(coarse, 8, 0), 8, 1)[:h, :w] + rng.normal(0, 20, (h, w, 3))
             save_png(tmp_path / cls / f"{i}.png", np.clip(image, 0, 255))
     mean_image = rng.uniform(60, 180, (RESIZE, RESIZE, 3)).astype(np.float32)
-    source = data.folder_source(tmp_path, None)
+    source = sources.folder_source(tmp_path, None)
 
     far, mid = RESIZE - CROP, (RESIZE - CROP) // 2
     windows = [(0, 0), (0, far), (far, 0), (far, far), (mid, mid)]
@@ -322,12 +322,12 @@ def test_run_directory_prefers_best_then_last(tmp_path):
     (run / "best.keras").unlink()
     assert runs.find_run(run) == (run / "last.keras", run)
     (run / "last.keras").unlink()
-    with pytest.raises(runs.RunNotFoundError, match=re.escape(str(run / "best.keras"))):
+    with pytest.raises(run_files.RunNotFoundError, match=re.escape(str(run / "best.keras"))):
         runs.find_run(run)
-    with pytest.raises(runs.RunNotFoundError, match=re.escape(str(tmp_path / "nope"))):
+    with pytest.raises(run_files.RunNotFoundError, match=re.escape(str(tmp_path / "nope"))):
         runs.find_run(tmp_path / "nope")
     (tmp_path / "model.h5").write_bytes(b"")
-    with pytest.raises(runs.RunError, match="not a .keras model file"):
+    with pytest.raises(run_files.RunError, match="not a .keras model file"):
         runs.find_run(tmp_path / "model.h5")
 
 
@@ -348,7 +348,7 @@ def test_bare_keras_needs_stats_or_mean_none(colour_run, tmp_path, capsys):
     bare = tmp_path / "elsewhere" / "model.keras"
     bare.parent.mkdir()
     shutil.copy(colour_run / "run" / "best.keras", bare)
-    with pytest.raises(runs.RunError) as error:
+    with pytest.raises(run_files.RunError) as error:
         runs.open_run(bare)
     for part in (str(bare), "--stats", "--mean none", "config.json"):
         assert part in str(error.value)
@@ -361,7 +361,7 @@ def test_bare_keras_needs_stats_or_mean_none(colour_run, tmp_path, capsys):
     assert (pre.resize_size, pre.mean_mode, checkpoint.class_names) == (RESIZE, "image", None)
     source = evaluation.load_eval_source(checkpoint, colour_run / "data")
     assert source.class_names == ("blue", "green", "red")  # no run: sorted folder order
-    with pytest.raises(runs.RunError, match="would not be used: the mean is 'none'"):
+    with pytest.raises(run_files.RunError, match="would not be used: the mean is 'none'"):
         runs.open_run(bare, stats=colour_run / "run" / "stats.npz", mean="none")
 
 
@@ -395,15 +395,15 @@ def test_run_problems_are_clear_errors(colour_run, tmp_path):
     run = tmp_path / "run"
     shutil.copytree(colour_run / "run", run)
     (run / "stats.npz").unlink()
-    with pytest.raises(runs.RunNotFoundError, match=re.escape(str(run / "stats.npz"))):
+    with pytest.raises(run_files.RunNotFoundError, match=re.escape(str(run / "stats.npz"))):
         runs.open_run(run)
     config = json.loads((run / "config.json").read_text())
     config["recipe"]["crop_size"], config["recipe"]["resize_size"] = 99, 112
     (run / "config.json").write_text(json.dumps(config))
-    with pytest.raises(runs.RunError, match="takes 67x67 inputs but its run .* says crop_size 99"):
+    with pytest.raises(run_files.RunError, match="takes 67x67 inputs but its run .* says crop_size 99"):
         runs.open_run(run, stats=colour_run / "run" / "stats.npz").model
     (run / "best.keras").write_bytes(b"truncated")
-    with pytest.raises(runs.RunError, match=re.escape(f"Cannot load the model {run / 'best.keras'}")):
+    with pytest.raises(run_files.RunError, match=re.escape(f"Cannot load the model {run / 'best.keras'}")):
         runs.open_run(run, stats=colour_run / "run" / "stats.npz").model
 
 
@@ -444,7 +444,7 @@ def test_cli_evaluates_a_tfds_dataset_prepared_offline(tmp_path, capsys):
         for k in (1, 2, 3):
             add(tar, f"ILSVRC2012_val_{k:08d}.JPEG", np.full((40, 50, 3), 30 * k))
     # A model that always answers the class of validation image 2, in ImageNet order.
-    wnids = data.imagenet_class_names()
+    wnids = imagenet.imagenet_class_names()
     val_wnids = (TFDS_LABELS.parent / "validation_labels.txt").read_text().split()[:3]
     assert len(set(val_wnids)) == 3
     inputs = keras.Input((CROP, CROP, 3))
@@ -474,7 +474,7 @@ def test_lambda_model_is_refused_unless_unsafe_load(colour_run, tmp_path, capsys
     run = tmp_path / "run"
     shutil.copytree(colour_run / "run", run, ignore=shutil.ignore_patterns("*.keras"))
     colour_model(lam=True).save(run / "best.keras")
-    with pytest.raises(runs.UnsafeModelError) as error:
+    with pytest.raises(run_files.UnsafeModelError) as error:
         runs.load_model(run / "best.keras")
     assert str(run / "best.keras") in str(error.value) and "--unsafe-load" in str(error.value)
     code, _, err = run_cli(["--checkpoint", str(run), "--data-dir", str(colour_run / "data")], capsys)
@@ -535,14 +535,14 @@ def test_predict_prints_imagenet_names_for_an_imagenet_run(tmp_path, capsys):
     model = keras_alexnet.AlexNet(input_shape=(CROP, CROP, 3), classes=1000, fc_units=16, seed=0,
                                   positive_bias=0.0, weight_stddev=0.05)
     run = write_run(tmp_path / "run", {"best.keras": model}, {"crop_size": CROP, "resize_size": RESIZE,
-                    "mean": "none"}, data.imagenet_class_names(), class_index="imagenet")
+                    "mean": "none"}, imagenet.imagenet_class_names(), class_index="imagenet")
     photos = sorted(SAMPLE.iterdir())[:2]
     code, out, _ = run_cli(["--checkpoint", str(run), "--predict", *map(str, photos)], capsys)
     assert code == 0
     lines = [line for line in out.splitlines() if re.match(r"\s+\d\.\s", line)]
     assert len(lines) == 10
     short = imagenet.imagenet_class_names_human(short=True)
-    wnids = data.imagenet_class_names()
+    wnids = imagenet.imagenet_class_names()
     probabilities = []
     for line in lines:
         match = re.match(r"\s+\d\.\s+([\d.]+)%\s+(.+) \((n\d{8})\)$", line)
@@ -562,9 +562,11 @@ def test_train_then_evaluate_and_predict(tmp_path):
     cache = Path(os.environ.get("KERAS_ALEXNET_CACHE", Path.home() / ".cache" / "keras_alexnet"))
     env = dict(os.environ, KERAS_ALEXNET_CACHE=str(cache), TF_CPP_MIN_LOG_LEVEL="2")
     run = tmp_path / "run"
+    # float32 training: evaluation always computes in float32 (runs.serving_model), so only
+    # then are its errors exactly those training validated with.
     train = subprocess.run(
         [sys.executable, "train.py", "--output-dir", str(run), "--epochs", "1", "--max-steps-per-epoch", "3",
-         "--quiet"], cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+         "--precision", "float32", "--quiet"], cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
     assert train.returncode == 0, train.stderr[-3000:]
     data_dir = cache / "synthetic"
     summary = json.loads((run / "summary.json").read_text())

@@ -181,12 +181,12 @@ def test_cli_refuses_an_existing_output(exported, capsys):
 
 
 def _squares(paths, size):
-    """uint8 central squares as data.load_image makes them (rounded)."""
+    """uint8 central squares as image_lib.load_image makes them (rounded)."""
     import tensorflow as tf
 
-    from keras_alexnet import data
+    from keras_alexnet import images as image_lib
 
-    return [tf.cast(tf.round(data.load_image(str(p), size)), tf.uint8).numpy() for p in paths]
+    return [tf.cast(tf.round(image_lib.load_image(str(p), size)), tf.uint8).numpy() for p in paths]
 
 
 @pytest.mark.parametrize("case", ["trained", "caffe"])
@@ -216,3 +216,63 @@ def test_tflite_computes_what_the_saved_model_does_on_the_same_pixels(exported, 
         full = serve(images=png[None])["probabilities"].numpy()
         assert lite.shape == full.shape == (1, run.num_classes)
         np.testing.assert_allclose(lite, full, rtol=0, atol=1e-4)
+
+
+@pytest.fixture(scope="module")
+def bfloat16_run(tmp_path_factory, tiny_data):
+    """A tiny run trained in-process under the mixed_bfloat16 policy (what --precision
+    auto picks on CPUs with AVX512_BF16): 1 epoch of 2 steps."""
+    import keras
+
+    from keras_alexnet import recipes, sources, training
+
+    run_dir = tmp_path_factory.mktemp("bf16") / "run"
+    recipe = recipes.resolve("tiny", dict(epochs=1))
+    train_source = sources.load_source(tiny_data, "train")
+    val_source = sources.load_source(tiny_data, "val", class_names=train_source.class_names)
+    settings = training.RunSettings(output_dir=str(run_dir), max_steps_per_epoch=2, verbose=0,
+                                    precision="mixed_bfloat16")
+    description = {"data_dir": str(tiny_data), "tfds": None, "train_split": "train",
+                   "val_split": "val", "class_index": train_source.class_index, "preset": "tiny"}
+    try:
+        training.train(recipe, train_source, val_source, settings, None, description)
+    finally:
+        keras.mixed_precision.set_global_policy("float32")  # train() sets it for the process
+    return run_dir
+
+
+def test_a_run_trained_in_bfloat16_exports_in_float32(bfloat16_run, photos, tmp_path):
+    import keras
+    import tensorflow as tf
+
+    from keras_alexnet import evaluation, export, runs
+    from keras_alexnet.preprocessing import center_crop
+
+    # The training model was bfloat16: its saved layers carry that policy.
+    saved = keras.models.load_model(bfloat16_run / "last.keras", compile=False)
+    assert "mixed_bfloat16" in {layer.dtype_policy.name for layer in saved._flatten_layers()}
+    run = runs.open_run(bfloat16_run)
+    assert {layer.dtype_policy.name for layer in run.model._flatten_layers()} == {"float32"}
+    for a, b in zip(saved.get_weights(), run.model.get_weights()):
+        np.testing.assert_array_equal(a, b)
+
+    pre = run.preprocessing
+    squares = _squares(photos, pre.resize_size)
+    crops = np.stack([center_crop(tf.constant(s, tf.float32), pre.crop_size).numpy() for s in squares])
+    expected = evaluation.make_predict_fn(run.model)(pre.network_input(crops)).numpy()
+    tolerance = 1e-4 * expected.max()
+
+    export.export_saved_model(run, tmp_path / "saved")
+    serve = tf.saved_model.load(str(tmp_path / "saved")).signatures["serving_default"]
+    pngs = tf.stack([tf.io.encode_png(s) for s in squares])  # lossless: the same pixels
+    served = serve(images=pngs)["probabilities"].numpy()
+    np.testing.assert_allclose(served, expected, rtol=0, atol=tolerance)
+
+    meta = export.export_tflite(run, tmp_path / "model.tflite")
+    assert meta["select_tf_ops"] is False and not any(op.startswith("Flex") for op in meta["ops"])
+    interpreter = export.tflite_interpreter(tmp_path / "model.tflite")
+    (inp,), (outp,) = interpreter.get_input_details(), interpreter.get_output_details()
+    for square, want in zip(squares, expected):
+        interpreter.set_tensor(inp["index"], square[None])
+        interpreter.invoke()
+        np.testing.assert_allclose(interpreter.get_tensor(outp["index"])[0], want, rtol=0, atol=tolerance)

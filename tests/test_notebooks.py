@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from nbclient import NotebookClient
 
-from keras_alexnet import notebook_utils, runs, synthetic
+from keras_alexnet import notebook_utils, preprocessing as pre_lib, run_files, runs, synthetic
 
 REPO = Path(__file__).resolve().parents[1]
 NOTEBOOKS = REPO / "notebooks"
@@ -171,7 +171,7 @@ def test_notebook_without_a_run_trains_the_default(tmp_path):
     assert "training the built-in default" in stdout_of(nb)
     run = cache / notebook_utils.DEFAULT_RUN
     assert (run / "best.keras").is_file()
-    assert len(runs.read_metrics(run)["epoch"]) == notebook_utils.BRIEF_EPOCHS
+    assert len(run_files.read_metrics(run)["epoch"]) == notebook_utils.BRIEF_EPOCHS
     assert_figure(out / "training_curves.png")
 
 
@@ -185,7 +185,7 @@ def test_get_run_and_figures_dir_precedence(tiny_run, tmp_path, monkeypatch):
     assert notebook_utils.get_run(tiny_run) == tiny_run
     monkeypatch.setenv(notebook_utils.RUN_ENV, str(tiny_run))
     assert notebook_utils.get_run(None) == tiny_run
-    with pytest.raises(runs.RunNotFoundError, match=str(tmp_path / "nothing")):
+    with pytest.raises(run_files.RunNotFoundError, match=str(tmp_path / "nothing")):
         notebook_utils.get_run(tmp_path / "nothing")  # the argument wins over the variable
 
     assert notebook_utils.figures_dir(tiny_run) == tiny_run / "figures"
@@ -236,7 +236,7 @@ def test_relative_data_dir_is_found_from_any_working_directory(tmp_path, monkeyp
 
     def data_dir(config):
         return runs.Run(path=tmp_path, model_path=tmp_path / "best.keras", config=config, kind="trained",
-                        preprocessing=runs.Preprocessing(99, 112), class_names=None, class_index="auto",
+                        preprocessing=pre_lib.Preprocessing(99, 112), class_names=None, class_index="auto",
                         num_classes=None).data_dir()
 
     config = {"data": {"data_dir": "data", "tfds": None}, "working_dir": str(where_trained)}

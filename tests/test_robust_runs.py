@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from keras_alexnet import data, recipes, runs, synthetic
+from keras_alexnet import data, images as image_lib, recipes, run_files, sources, synthetic, training_state
 
 REPO = Path(__file__).resolve().parents[1]
 TINY_FLAGS = ["--preset", "tiny", "--resize-size", "72", "--crop-size", "67", "--fc-units", "32",
@@ -52,7 +52,7 @@ def no_traceback(proc):
 
 def leftovers(run_dir):
     """Temporary files left in a run directory (the lock file is not one)."""
-    return [p for p in Path(run_dir).rglob(".*") if p.name != runs.LOCK_FILE]
+    return [p for p in Path(run_dir).rglob(".*") if p.name != run_files.LOCK_FILE]
 
 
 def finite_model(path):
@@ -78,9 +78,9 @@ def test_first_epoch_divergence_exits_3_and_writes_no_model(tmp_path, tiny_data)
     assert "learning rate 1e+06" in err and "--lr 100000" in err
     assert f"--output-dir {run_dir}-lr100000" in err  # the exact command of a new run
     assert "No model was written" in err
-    for name in (runs.BEST_MODEL, runs.LAST_MODEL, runs.POINTER_FILE, runs.METRICS_FILE):
+    for name in (run_files.BEST_MODEL, run_files.LAST_MODEL, run_files.POINTER_FILE, run_files.METRICS_FILE):
         assert not (run_dir / name).exists(), name
-    assert not any((run_dir / runs.CHECKPOINTS_DIR).glob("*"))
+    assert not any((run_dir / run_files.CHECKPOINTS_DIR).glob("*"))
 
 
 def test_later_epoch_divergence_keeps_the_last_finite_state(tmp_path, tiny_data):
@@ -93,13 +93,13 @@ def test_later_epoch_divergence_keeps_the_last_finite_state(tmp_path, tiny_data)
                      proc.stderr), proc.stderr[-2000:]
     assert "still hold the last finite state (epoch 1)" in proc.stderr
     assert "python train.py " + " ".join(args) in proc.stderr  # the command that resumes
-    pointer = json.loads((run_dir / runs.POINTER_FILE).read_text())
+    pointer = json.loads((run_dir / run_files.POINTER_FILE).read_text())
     assert pointer["epoch"] == 1
-    assert [p.name for p in sorted((run_dir / runs.CHECKPOINTS_DIR).iterdir())] == [
+    assert [p.name for p in sorted((run_dir / run_files.CHECKPOINTS_DIR).iterdir())] == [
         "epoch-0001.json", "epoch-0001.keras"]
-    for path in (run_dir / pointer["model"], run_dir / runs.BEST_MODEL, run_dir / runs.LAST_MODEL):
+    for path in (run_dir / pointer["model"], run_dir / run_files.BEST_MODEL, run_dir / run_files.LAST_MODEL):
         assert finite_model(path), path
-    rows = runs.read_metrics(run_dir)
+    rows = run_files.read_metrics(run_dir)
     assert list(rows["epoch"]) == [1.0] and np.isfinite(rows["loss"]).all()
     assert leftovers(run_dir) == []
 
@@ -114,12 +114,12 @@ def test_recover_goes_back_to_the_last_good_epoch_at_a_tenth_of_the_rate(tmp_pat
                      r"restarting from epoch 1", proc.stdout), proc.stdout[-2000:]
     rate = recipes.preset("tiny").learning_rate  # the run's rate before the jump
     assert f"learning rate {rate:.3g} -> {rate / 10:.3g}" in proc.stdout
-    metrics = runs.read_metrics(run_dir)
+    metrics = run_files.read_metrics(run_dir)
     assert list(metrics["epoch"]) == [1.0, 2.0, 3.0]  # epoch 2 once: the diverged try is not kept
     np.testing.assert_allclose(metrics["lr"], [rate, rate / 10, rate / 10], rtol=1e-5)
-    state, _ = runs.find_training_state(run_dir)
+    state, _ = training_state.find_training_state(run_dir)
     assert state.callbacks["divergence"] == {"recoveries": 1}
-    assert finite_model(run_dir / runs.BEST_MODEL) and finite_model(run_dir / runs.LAST_MODEL)
+    assert finite_model(run_dir / run_files.BEST_MODEL) and finite_model(run_dir / run_files.LAST_MODEL)
 
 
 def test_recover_gives_up_after_max_recoveries(tmp_path, tiny_data):
@@ -131,7 +131,7 @@ def test_recover_gives_up_after_max_recoveries(tmp_path, tiny_data):
     assert "Recovery 1/2: restarting from the initial weights with learning rate 1e+06 -> 1e+05" in proc.stdout
     assert "Recovery 2/2: restarting from the initial weights with learning rate 1e+05 -> 1e+04" in proc.stdout
     assert "(learning rate 1e+04), after 2 recoveries" in proc.stderr
-    assert not (run_dir / runs.BEST_MODEL).exists() and not (run_dir / runs.POINTER_FILE).exists()
+    assert not (run_dir / run_files.BEST_MODEL).exists() and not (run_dir / run_files.POINTER_FILE).exists()
 
 
 def test_checkpoint_refuses_a_non_finite_epoch():
@@ -157,12 +157,12 @@ def test_checkpoint_refuses_a_non_finite_epoch():
 
 
 def test_run_lock_is_exclusive_and_names_the_holder(tmp_path):
-    with runs.lock_run(tmp_path / "run") as lock:
+    with run_files.lock_run(tmp_path / "run") as lock:
         assert (tmp_path / "run" / ".lock").read_text().strip() == str(os.getpid())
-        with pytest.raises(runs.RunLockedError, match=rf"{tmp_path / 'run'}.*PID {os.getpid()}"):
-            runs.RunLock(tmp_path / "run").acquire()  # another open file: flock conflicts
+        with pytest.raises(run_files.RunLockedError, match=rf"{tmp_path / 'run'}.*PID {os.getpid()}"):
+            run_files.RunLock(tmp_path / "run").acquire()  # another open file: flock conflicts
         assert lock.path == tmp_path / "run" / ".lock"
-    with runs.lock_run(tmp_path / "run"):  # released on exit
+    with run_files.lock_run(tmp_path / "run"):  # released on exit
         pass
 
 
@@ -174,7 +174,7 @@ def test_second_writer_exits_2_and_a_killed_run_leaves_no_stale_lock(tmp_path, t
     first = subprocess.Popen([sys.executable, str(REPO / "tests" / "fault_worker.py"), *args],
                              env=env(FAULT=f"wait:{go}"), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                              text=True)
-    lock = run_dir / runs.LOCK_FILE
+    lock = run_dir / run_files.LOCK_FILE
     deadline = time.time() + 300
     while not (lock.is_file() and lock.read_text().strip() == str(first.pid)):
         assert first.poll() is None and time.time() < deadline, "the first run never took the lock"
@@ -186,7 +186,7 @@ def test_second_writer_exits_2_and_a_killed_run_leaves_no_stale_lock(tmp_path, t
     go.touch()
     out, err = first.communicate(timeout=600)
     assert first.returncode == 0, err[-3000:]
-    assert list(runs.read_metrics(run_dir)["epoch"]) == [1.0, 2.0, 3.0]
+    assert list(run_files.read_metrics(run_dir)["epoch"]) == [1.0, 2.0, 3.0]
 
     # A SIGKILLed writer: the OS drops its lock, the next run takes it.
     other = tmp_path / "killed"
@@ -194,15 +194,15 @@ def test_second_writer_exits_2_and_a_killed_run_leaves_no_stale_lock(tmp_path, t
                               env=env(FAULT=f"wait:{tmp_path / 'never'}"),  # holds the lock until killed
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 300
-    while not ((other / runs.LOCK_FILE).is_file()
-               and (other / runs.LOCK_FILE).read_text().strip() == str(killed.pid)):
+    while not ((other / run_files.LOCK_FILE).is_file()
+               and (other / run_files.LOCK_FILE).read_text().strip() == str(killed.pid)):
         assert killed.poll() is None and time.time() < deadline, "the run to kill never took the lock"
         time.sleep(0.05)
-    with pytest.raises(runs.RunLockedError):
-        runs.RunLock(other).acquire()
+    with pytest.raises(run_files.RunLockedError):
+        run_files.RunLock(other).acquire()
     killed.send_signal(signal.SIGKILL)
     killed.wait()
-    with runs.lock_run(other):
+    with run_files.lock_run(other):
         pass
 
 
@@ -218,14 +218,14 @@ def test_full_disk_exits_4_leaves_nothing_and_the_same_command_resumes(tmp_path,
     assert (f"Cannot write {run_dir}/checkpoints/epoch-0002.keras: No space left on device "
             "(the disk is full: free some space, then run the same command again") in proc.stderr
     assert leftovers(run_dir) == []  # the half-written .tmp-epoch-0002.keras is gone
-    assert sorted(p.name for p in (run_dir / runs.CHECKPOINTS_DIR).iterdir()) == [
+    assert sorted(p.name for p in (run_dir / run_files.CHECKPOINTS_DIR).iterdir()) == [
         "epoch-0001.json", "epoch-0001.keras"]
-    pointer = json.loads((run_dir / runs.POINTER_FILE).read_text())
+    pointer = json.loads((run_dir / run_files.POINTER_FILE).read_text())
     assert pointer["epoch"] == 1 and finite_model(run_dir / pointer["model"])
     resumed = run_train(args)  # "space freed": the same command, no fault
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert f"Resuming {run_dir} after epoch 1" in resumed.stdout
-    assert list(runs.read_metrics(run_dir)["epoch"]) == [1.0, 2.0]
+    assert list(run_files.read_metrics(run_dir)["epoch"]) == [1.0, 2.0]
 
 
 class _TinyModel:
@@ -238,22 +238,22 @@ class _TinyModel:
 
 def test_failed_pointer_write_removes_the_epochs_files(tmp_path, monkeypatch):
     history = [{"epoch": 1, "val_top1_error": 0.5}]
-    runs.save_training_state(tmp_path, _TinyModel(), history)
+    training_state.save_training_state(tmp_path, _TinyModel(), history)
     real = os.replace
 
     def replace(src, dst):
-        if Path(dst).name == runs.POINTER_FILE:
+        if Path(dst).name == run_files.POINTER_FILE:
             raise OSError(errno.EDQUOT, "Disk quota exceeded")
         return real(src, dst)
 
     monkeypatch.setattr(os, "replace", replace)
     history.append({"epoch": 2, "val_top1_error": 0.4})
-    with pytest.raises(runs.RunWriteError, match=r"checkpoint.json: Disk quota exceeded \(the disk quota"):
-        runs.save_training_state(tmp_path, _TinyModel(), history, best=0.5)
-    assert sorted(p.name for p in (tmp_path / runs.CHECKPOINTS_DIR).iterdir()) == [
+    with pytest.raises(run_files.RunWriteError, match=r"checkpoint.json: Disk quota exceeded \(the disk quota"):
+        training_state.save_training_state(tmp_path, _TinyModel(), history, best=0.5)
+    assert sorted(p.name for p in (tmp_path / run_files.CHECKPOINTS_DIR).iterdir()) == [
         "epoch-0001.json", "epoch-0001.keras"]
     assert leftovers(tmp_path) == []
-    state, notes = runs.find_training_state(tmp_path)
+    state, notes = training_state.find_training_state(tmp_path)
     assert state.epoch == 1 and notes == []
 
 
@@ -264,8 +264,8 @@ def test_write_errors_name_the_path_and_what_to_do(tmp_path, monkeypatch, code, 
         raise OSError(code, os.strerror(code))
 
     monkeypatch.setattr(os, "replace", fail)
-    with pytest.raises(runs.RunWriteError, match=hint) as info:
-        runs.atomic_write_text(tmp_path / "config.json", "{}")
+    with pytest.raises(run_files.RunWriteError, match=hint) as info:
+        run_files.atomic_write_text(tmp_path / "config.json", "{}")
     assert info.value.path == tmp_path / "config.json" and info.value.errno == code
     assert str(tmp_path / "config.json") in str(info.value)
     assert list(tmp_path.iterdir()) == []  # no temporary file
@@ -287,9 +287,9 @@ def test_real_full_tmpfs(tmp_path, tiny_data):
         no_traceback(proc)
         assert "No space left on device" in proc.stderr and str(run_dir) in proc.stderr
         assert leftovers(run_dir) == []
-        pointer = json.loads((run_dir / runs.POINTER_FILE).read_text())
+        pointer = json.loads((run_dir / run_files.POINTER_FILE).read_text())
         assert finite_model(run_dir / pointer["model"])
-        assert sorted(p.name for p in (run_dir / runs.CHECKPOINTS_DIR).iterdir()) == [
+        assert sorted(p.name for p in (run_dir / run_files.CHECKPOINTS_DIR).iterdir()) == [
             f"epoch-{pointer['epoch']:04d}.json", f"epoch-{pointer['epoch']:04d}.keras"]
     finally:
         subprocess.run(["umount", str(mount)])
@@ -300,7 +300,7 @@ def test_real_full_tmpfs(tmp_path, tiny_data):
 
 def make_state(run_dir, epochs=(1, 2)):
     """A run directory with checkpoint pairs of ``epochs`` and the pointer at the last."""
-    ckpt = run_dir / runs.CHECKPOINTS_DIR
+    ckpt = run_dir / run_files.CHECKPOINTS_DIR
     ckpt.mkdir(parents=True)
     for e in epochs:
         _TinyModel().save(ckpt / f"epoch-{e:04d}.keras")
@@ -308,7 +308,7 @@ def make_state(run_dir, epochs=(1, 2)):
                  "callbacks": {"plateau": {"best": 0.5, "wait": 0, "reductions": 0}}}
         (ckpt / f"epoch-{e:04d}.json").write_text(json.dumps(state))
     e = epochs[-1]
-    (run_dir / runs.POINTER_FILE).write_text(json.dumps(
+    (run_dir / run_files.POINTER_FILE).write_text(json.dumps(
         {"epoch": e, "model": f"checkpoints/epoch-{e:04d}.keras", "state": f"checkpoints/epoch-{e:04d}.json"}))
     return ckpt
 
@@ -354,20 +354,20 @@ def test_damaged_state_falls_back_or_refuses_naming_the_file(tmp_path, kind):
     ckpt = make_state(tmp_path)
     damage(tmp_path, ckpt)
     if expected is None:
-        with pytest.raises(runs.DamagedStateError, match="no complete checkpoint is left") as info:
-            runs.find_training_state(tmp_path)
+        with pytest.raises(run_files.DamagedStateError, match="no complete checkpoint is left") as info:
+            training_state.find_training_state(tmp_path)
         assert named in str(info.value) and "--output-dir" in str(info.value)
         return
-    state, notes = runs.find_training_state(tmp_path)
+    state, notes = training_state.find_training_state(tmp_path)
     assert state.epoch == expected and state.model_path == ckpt / f"epoch-{expected:04d}.keras"
     assert any(named in n for n in notes), notes
     assert any(f"resuming from the newest complete checkpoint instead: {state.model_path}" in n for n in notes)
 
 
 def test_a_new_run_and_a_good_state_have_no_notes(tmp_path):
-    assert runs.find_training_state(tmp_path) == (None, [])
+    assert training_state.find_training_state(tmp_path) == (None, [])
     make_state(tmp_path)
-    state, notes = runs.find_training_state(tmp_path)
+    state, notes = training_state.find_training_state(tmp_path)
     assert state.epoch == 2 and notes == [] and state.callbacks["plateau"]["wait"] == 0
 
 
@@ -384,7 +384,7 @@ def test_damaged_state_through_train_py_never_a_traceback(tmp_path, tiny_data):
         shutil.rmtree(run_dir)
         shutil.copytree(saved, run_dir)
 
-    (run_dir / runs.POINTER_FILE).write_text('{"epoch": 2, "mod')  # a torn pointer
+    (run_dir / run_files.POINTER_FILE).write_text('{"epoch": 2, "mod')  # a torn pointer
     proc = run_train(args)
     no_traceback(proc)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -392,19 +392,19 @@ def test_damaged_state_through_train_py_never_a_traceback(tmp_path, tiny_data):
     assert f"Resuming {run_dir} after epoch 2" in proc.stdout
 
     fresh()
-    (run_dir / runs.CHECKPOINTS_DIR / "epoch-0002.json").write_text('{"epoch": 2, "history": 5, "callbacks": {}}')
+    (run_dir / run_files.CHECKPOINTS_DIR / "epoch-0002.json").write_text('{"epoch": 2, "history": 5, "callbacks": {}}')
     proc = run_train(args)
     no_traceback(proc)
     assert proc.returncode == 2 and "epoch-0002.json" in proc.stderr and "--output-dir" in proc.stderr
 
     fresh()
-    torn(run_dir / runs.CHECKPOINTS_DIR / "epoch-0002.keras")
+    torn(run_dir / run_files.CHECKPOINTS_DIR / "epoch-0002.keras")
     proc = run_train(args)
     no_traceback(proc)
     assert proc.returncode == 2 and "epoch-0002.keras" in proc.stderr
 
     fresh()
-    (run_dir / runs.CONFIG_FILE).write_text('{"recipe": ')
+    (run_dir / run_files.CONFIG_FILE).write_text('{"recipe": ')
     proc = run_train(args)
     no_traceback(proc)
     assert proc.returncode == 2 and "config.json" in proc.stderr and "damaged" in proc.stderr
@@ -436,20 +436,20 @@ def test_header_sizes_of_every_format_without_decoding(tmp_path):
         buf = io.BytesIO()
         image.save(buf, fmt)
         encoded = tf.constant(buf.getvalue())
-        assert list(data.image_size(encoded).numpy()) == [40, 50], fmt
-        mapped = tf.data.Dataset.from_tensors(encoded).map(data.image_size)  # inside tf.data
+        assert list(image_lib.image_size(encoded).numpy()) == [40, 50], fmt
+        mapped = tf.data.Dataset.from_tensors(encoded).map(image_lib.image_size)  # inside tf.data
         assert [list(s) for s in mapped.as_numpy_iterator()] == [[40, 50]], fmt
     bomb = tf.constant(bomb_jpeg(tmp_path / "bomb.jpg").read_bytes())
     assert list(tf.io.extract_jpeg_shape(bomb).numpy()) == [30_000, 30_000, 3]
     with pytest.raises(tf.errors.InvalidArgumentError, match="MAX_IMAGE_PIXELS"):
-        data.decode_image(bomb)  # refused from the header: nothing of 2.7 GB is allocated
-    assert data.MAX_IMAGE_PIXELS == 89_478_485
+        image_lib.decode_image(bomb)  # refused from the header: nothing of 2.7 GB is allocated
+    assert image_lib.MAX_IMAGE_PIXELS == 89_478_485
 
 
 def test_bomb_in_a_folder_is_skipped_and_counted(tmp_path):
     root = synthetic.make_dataset(tmp_path / "d", num_classes=2, train_per_class=3, val_per_class=1, size=48)
     bomb_jpeg(root / "train" / "disc" / "zz_bomb.jpg")
-    source = data.load_source(root, "train")
+    source = sources.load_source(root, "train")
     assert source.num_examples == 7
     counter = data.SkipCounter()
     ds = data.training_dataset(source, 4, mean="none", crop_size=40, resize_size=44, pca_stddev=0.0,
@@ -495,7 +495,7 @@ def test_soak_killed_five_times_at_random_moments(tmp_path, tiny_data):
         assert proc.returncode == -signal.SIGKILL, (kill_at, proc.stderr[-3000:])
         no_traceback(proc)
         kills.append(kill_at)
-        state, notes = runs.find_training_state(run_dir)
+        state, notes = training_state.find_training_state(run_dir)
         assert notes == [], notes  # a kill never damages the state
         done = state.epoch if state else 0
     final = run_train(args)
@@ -505,10 +505,10 @@ def test_soak_killed_five_times_at_random_moments(tmp_path, tiny_data):
     assert reference.returncode == 0, reference.stderr[-3000:]
 
     for directory in (run_dir, reference_dir):
-        metrics = runs.read_metrics(directory)
+        metrics = run_files.read_metrics(directory)
         assert list(metrics["epoch"]) == list(range(1, epochs + 1)), (directory, kills)
-        assert finite_model(directory / runs.BEST_MODEL) and finite_model(directory / runs.LAST_MODEL)
-        pointer = json.loads((directory / runs.POINTER_FILE).read_text())
+        assert finite_model(directory / run_files.BEST_MODEL) and finite_model(directory / run_files.LAST_MODEL)
+        pointer = json.loads((directory / run_files.POINTER_FILE).read_text())
         saved = json.loads((directory / pointer["state"]).read_text())
         # The plateau state and every epoch's rate are what an uninterrupted run computes
         # from these validation errors (the errors themselves differ after a resume: the

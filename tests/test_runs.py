@@ -10,16 +10,18 @@ import numpy as np
 import pytest
 
 from conftest import train_tiny_run
-from keras_alexnet import data, runs, stats as stats_lib
+from keras_alexnet import data, run_files, runs, sources, stats as stats_lib, training_state
 
 PACKAGE = Path(__file__).resolve().parents[1] / "keras_alexnet"
 # The layers, bottom first: a module may import only modules of its own layer or below.
 LAYERS = [
-    {"console", "keras_compat", "imagenet", "recipes", "synthetic", "metrics", "weight_readers", "variants"},
-    {"layers"},
+    {"console", "keras_compat", "imagenet", "recipes", "synthetic", "metrics", "images",
+     "weight_readers", "variants"},
+    {"layers", "preprocessing", "sources"},
     {"model", "data", "weight_files"},
     {"stats"},
-    {"runs"},
+    {"run_files"},
+    {"training_state", "runs"},
     {"evaluation", "applications"},
     {"visualize"},  # draws; training uses it for the curves at the end of every run
     {"training"},
@@ -84,9 +86,9 @@ def test_imagenet_names_and_the_run_files_have_one_home():
         if path.stem != "imagenet":
             assert r'r"^n\d{8}$"' not in text, f"{path.name} spells the wnid pattern again"
             assert "imagenet_synset_words.txt" not in text, path.name
-        if path.stem != "runs":
+        if path.stem != "run_files":
             for name in ('"config.json"', '"checkpoint.json"', '"stats.npz"', '"summary.json"'):
-                assert f"/ {name}" not in text, f"{path.name} spells {name}; use keras_alexnet.runs"
+                assert f"/ {name}" not in text, f"{path.name} spells {name}; use keras_alexnet.run_files"
 
 
 @pytest.fixture(scope="module")
@@ -97,7 +99,7 @@ def runs_by_mean(tmp_path_factory, tiny_data):
 
 
 def photo(shared_data):
-    files = data.list_images(shared_data / "imagenet-sample" / "val")
+    files = sources.list_images(shared_data / "imagenet-sample" / "val")
     return files[0]
 
 
@@ -109,11 +111,11 @@ def test_evaluation_and_figures_feed_the_network_the_same_tensor(mode, runs_by_m
     assert pre.mean_mode == mode
     path = photo(shared_data)
     # The evaluation pipeline (evaluate.py, predict_files) ...
-    source = data.Source(location="one", split="one", class_names=("x",), num_classes=1,
+    source = sources.Source(location="one", split="one", class_names=("x",), num_classes=1,
                          class_index="compact", dataset=None, element="path", num_examples=1,
                          paths=np.array([str(path)], dtype=object), labels=np.array([0], np.int32))
     source.dataset = None
-    (batch, _), = list(pre.dataset(source, batch_size=1).take(1))
+    (batch, _), = list(data.preprocessed_dataset(source, pre, batch_size=1).take(1))
     evaluated = batch.numpy()[0]
     # ... and the figure command and the notebooks (`Preprocessing.load` + `network_input`).
     figured = pre.network_input(pre.load([path]))[0]
@@ -139,7 +141,7 @@ def test_open_run_reads_a_trained_run_once(tiny_run):
     assert run.preprocessing.stats_path == tiny_run / "stats.npz"
     # A .keras file inside a run and the checkpoint file open the same run.
     assert runs.open_run(tiny_run / "last.keras").path == tiny_run
-    state = runs.read_training_state(tiny_run)
+    state = training_state.read_training_state(tiny_run)
     assert state.epoch == 2 and len(state.history) == 2
     assert runs.open_run(state.model_path).path == tiny_run
     assert int(run.model.output_shape[-1]) == 4
@@ -148,12 +150,12 @@ def test_open_run_reads_a_trained_run_once(tiny_run):
 
 
 def test_a_resume_with_other_flags_raises_config_mismatch(tiny_run, tmp_path):
-    config = runs.read_config(tiny_run)
-    runs.check_config(tiny_run, config)  # the same: fine
+    config = run_files.read_config(tiny_run)
+    run_files.check_config(tiny_run, config)  # the same: fine
     config["recipe"]["learning_rate"] = 0.5
-    with pytest.raises(runs.ConfigMismatchError, match=re.escape("recipe.learning_rate")):
-        runs.check_config(tiny_run, config)
-    runs.check_config(tmp_path, config)  # a new directory: nothing to compare
+    with pytest.raises(run_files.ConfigMismatchError, match=re.escape("recipe.learning_rate")):
+        run_files.check_config(tiny_run, config)
+    run_files.check_config(tmp_path, config)  # a new directory: nothing to compare
 
 
 def test_a_converted_model_directory_opens_with_its_own_preprocessing(tiny_run, tmp_path):
@@ -171,7 +173,7 @@ def test_a_converted_model_directory_opens_with_its_own_preprocessing(tiny_run, 
     crops = np.random.default_rng(1).uniform(0, 255, (2, 99, 99, 3)).astype(np.float32)
     expected = ((crops - mean_image[6:105, 6:105]) / [2.0, 4.0, 8.0])[..., ::-1]
     np.testing.assert_allclose(run.preprocessing.network_input(crops), expected, rtol=1e-6)
-    with pytest.raises(runs.RunError, match="not empty"):
+    with pytest.raises(run_files.RunError, match="not empty"):
         runs.write_model_dir(out, model, preprocessing={}, source={})
 
 
@@ -180,7 +182,7 @@ def test_damaged_config_names_the_file(tiny_run, tmp_path):
     run.mkdir()
     (run / "config.json").write_text("{ not json")
     (run / "best.keras").write_bytes(b"")
-    with pytest.raises(runs.RunError, match=re.escape(str(run / "config.json"))):
+    with pytest.raises(run_files.RunError, match=re.escape(str(run / "config.json"))):
         runs.open_run(run)
 
 
@@ -192,7 +194,7 @@ def test_atomic_writers_leave_no_temporary_file_when_the_write_fails(tmp_path, m
 
     monkeypatch.setattr(os, "replace", full)
     with pytest.raises(OSError):
-        runs.atomic_write_text(tmp_path / "a.json", "{}")
+        run_files.atomic_write_text(tmp_path / "a.json", "{}")
     with pytest.raises(OSError):
-        runs.atomic_save_npy(np.zeros(3), tmp_path / "a.npy")
+        run_files.atomic_save_npy(np.zeros(3), tmp_path / "a.npy")
     assert list(tmp_path.iterdir()) == []

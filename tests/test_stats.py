@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from keras_alexnet import data, stats
+from keras_alexnet import sources, stats
 from keras_alexnet.layers import IMAGENET_EIGENVALUES_01, IMAGENET_EIGENVECTORS
 
 REPO = Path(__file__).resolve().parents[1]
@@ -107,7 +107,7 @@ def test_bad_files_are_skipped_and_counted(tmp_path):
 
 def test_max_images_takes_a_seeded_subset_across_classes(tmp_path):
     exact_folder(tmp_path)
-    source = data.folder_source(tmp_path, None)
+    source = sources.folder_source(tmp_path, None)
     subset = stats._subset(source, 4, seed=0)
     assert subset.num_examples == 4 and len(set(subset.labels.tolist())) > 1
     assert set(subset.paths.tolist()) <= set(source.paths.tolist())

@@ -13,8 +13,7 @@ import pytest
 from matplotlib.figure import Figure
 
 import keras_alexnet
-from keras_alexnet import data, evaluation, imagenet, runs
-from keras_alexnet import visualize as viz
+from keras_alexnet import evaluation, imagenet, preprocessing as pre_lib, run_files, runs, sources, visualize as viz
 from keras_alexnet.model import towers_to_grouped
 
 TINY = dict(input_shape=(67, 67, 3), classes=10, fc_units=64, seed=0)
@@ -41,7 +40,7 @@ def images():
 
 
 # The tiny model's preprocessing: ImageNet's mean pixel (Caffe's B, G, R 104, 117, 123).
-PRE = runs.Preprocessing(crop_size=67, resize_size=76, mean_mode="channel",
+PRE = pre_lib.Preprocessing(crop_size=67, resize_size=76, mean_mode="channel",
                          mean=np.array([123.68, 116.779, 103.939]), source="test")
 centred = PRE.network_input
 
@@ -279,7 +278,7 @@ def test_plot_predictions_and_neighbours(towers, images, tmp_path):
 
 
 def test_figures_of_real_photos(towers, shared_data, tmp_path):
-    files = data.list_images(shared_data / "imagenet-sample" / "val")[:3]
+    files = sources.list_images(shared_data / "imagenet-sample" / "val")[:3]
     assert len(files) == 3
     photos = PRE.load(files)
     assert photos.shape == (3, 67, 67, 3) and photos.min() >= 0 and photos.max() <= 255
@@ -318,7 +317,7 @@ WRITE_CSV = """epoch,loss,top1_error,top5_error,val_loss,val_top1_error,val_top5
 
 def test_read_metrics_and_training_curves(tmp_path):
     (tmp_path / "metrics.csv").write_text(WRITE_CSV)
-    metrics = runs.read_metrics(tmp_path)  # a run directory
+    metrics = run_files.read_metrics(tmp_path)  # a run directory
     assert set(metrics) == {"epoch", "loss", "top1_error", "top5_error", "val_loss", "val_top1_error", "val_top5_error", "lr"}
     np.testing.assert_array_equal(metrics["lr"], [0.01, 0.01, 0.001, 0.0001])
     fig = viz.plot_training_curves(metrics, tmp_path / "curves.png")
@@ -335,19 +334,19 @@ def test_training_curves_accept_accuracy_columns_and_missing_ones(tmp_path):
         "epoch,loss,top1_accuracy,val_top5_accuracy,learning_rate\n"
         "0,2.3,0.10,0.50,0.01\n1,2.0,0.30,0.70,\n2,1.8,0.45,0.85,0.001\n"
     )
-    series = viz.training_series(runs.read_metrics(path))
+    series = viz.training_series(run_files.read_metrics(path))
     np.testing.assert_allclose(series["top1"]["train"], [0.9, 0.7, 0.55])
     assert series["top1"]["val"] is None and series["top1"]["from_accuracy"]
     np.testing.assert_allclose(series["top5"]["val"], [0.5, 0.3, 0.15])
     assert np.isnan(series["lr"][1])  # an empty cell
-    fig = viz.plot_training_curves(runs.read_metrics(path), tmp_path / "curves.png")
+    fig = viz.plot_training_curves(run_files.read_metrics(path), tmp_path / "curves.png")
     assert_png(tmp_path / "curves.png", fig)
     assert [ax.get_title() for ax in fig.axes if ax.axison] == [
         "loss", "top-1 error (1 - accuracy)", "top-5 error (1 - accuracy)", "learning rate",
     ]
     (tmp_path / "nothing.csv").write_text("epoch,foo\n1,2\n")
     with pytest.raises(ValueError, match="nothing.csv"):
-        viz.plot_training_curves(runs.read_metrics(tmp_path / "nothing.csv"), title="nothing.csv")
+        viz.plot_training_curves(run_files.read_metrics(tmp_path / "nothing.csv"), title="nothing.csv")
 
 
 # ---------------------------------------------------------------------------------------
@@ -408,7 +407,7 @@ def test_command_missing_run_or_model_names_the_path(tmp_path):
     with pytest.raises(FileNotFoundError, match="no_such_run"):
         viz.main(["--run", str(missing), "--out", str(tmp_path / "out")])
     (tmp_path / "empty_run").mkdir()
-    with pytest.raises(runs.RunNotFoundError, match=r"empty_run.*best\.keras.*last\.keras"):
+    with pytest.raises(run_files.RunNotFoundError, match=r"empty_run.*best\.keras.*last\.keras"):
         viz.main(["--run", str(tmp_path / "empty_run")])
     assert not (tmp_path / "out").exists()
     # From the shell: one line naming the path, no traceback.

@@ -93,9 +93,9 @@ def _recipe_changes(config):
 
 def _curves(run_dir):
     """The run's training-curves PNG: beside its files, or in its figures/ folder."""
-    from keras_alexnet import runs
+    from keras_alexnet import run_files
 
-    for path in (run_dir / CURVES_PNG, run_dir / runs.FIGURES_DIR / CURVES_PNG):
+    for path in (run_dir / CURVES_PNG, run_dir / run_files.FIGURES_DIR / CURVES_PNG):
         if path.is_file():
             return path
     return None
@@ -104,17 +104,17 @@ def _curves(run_dir):
 def runs_table(runs_dir=ROOT / "results"):
     """One row per finished run directory under results/ (one with a summary), then each
     run's curves (``training_curves.png``, from `python -m keras_alexnet.visualize`)."""
-    from keras_alexnet import runs
+    from keras_alexnet import run_files
 
     rows = ["| run | data | recipe | epochs | val top-1 / top-5 error (last epoch) | "
             "best val top-1 error (epoch) | best top-1 accuracy | hours |",
             "|---|---|---|---|---|---|---|---|"]
     figures = []
     for run in sorted(d for d in Path(runs_dir).iterdir() if d.is_dir()):
-        s = runs.read_summary(run)
+        s = run_files.read_summary(run)
         if s is None:  # not finished (or not a run)
             continue
-        config = runs.read_config(run)
+        config = run_files.read_config(run)
         f, b = s["final"], s["best"]
         data = Path(config["data"].get("data_dir") or "").name or config["data"].get("tfds")
         rows.append(f"| `{run.name}` | {data} ({s['train_images']:,} train / {s['val_images']:,} val images, "

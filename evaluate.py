@@ -29,8 +29,6 @@ def positive_int(text):
 
 
 def parse_args(argv=None):
-    from keras_alexnet.preprocessing import MEAN_MODES
-
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", required=True, help="run directory of train.py, or a .keras file")
     d = p.add_argument_group("data (to measure error rates)")
@@ -45,7 +43,7 @@ def parse_args(argv=None):
     o.add_argument("--predict", nargs="+", metavar="IMAGE", help="print the top-5 classes of these images (files or directories)")
     r = p.add_argument_group("preprocessing (from the run; required for a .keras file outside a run)")
     r.add_argument("--stats", help=".npz of the training set's statistics (python -m keras_alexnet.stats)")
-    r.add_argument("--mean", choices=MEAN_MODES, help="mean to subtract (default: the run's)")
+    r.add_argument("--mean", metavar="MODE", help="mean to subtract (default: the run's; modes: keras_alexnet.preprocessing.MEAN_MODES)")
     r.add_argument("--resize-size", type=positive_int, help="shorter side before cropping (default: the run's, or crop * 256 / 227)")
     r.add_argument("--class-index", choices=("auto", "imagenet", "compact"), default="auto",
                    help="for a .keras file outside a run: how data folders are indexed (default auto)")

@@ -65,8 +65,6 @@ def int_list(text):
 
 
 def parse_args(argv=None):
-    from keras_alexnet.preprocessing import MEAN_MODES
-
     p = argparse.ArgumentParser(description=__doc__, epilog=EPILOG,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     d = p.add_argument_group("data")
@@ -93,7 +91,8 @@ def parse_args(argv=None):
     r.add_argument("--patience", dest="plateau_patience", type=positive_int, help="plateau epochs before lr / 10")
     r.add_argument("--max-lr-reductions", type=int)
     r.add_argument("--lr-steps", type=int_list, help="with --schedule steps: epochs, e.g. 25,51,79")
-    r.add_argument("--mean", choices=MEAN_MODES)
+    r.add_argument("--mean", metavar="MODE",
+                   help="mean to subtract: the recipe's (image, §2) unless given; the modes are keras_alexnet.preprocessing.MEAN_MODES")
     r.add_argument("--pca-stddev", type=non_negative_float)
     r.add_argument("--resize-size", type=positive_int)
     r.add_argument("--crop-size", type=positive_int)
@@ -152,7 +151,7 @@ def main(argv=None):
     output_dir = args.output_dir or f"runs/{'default' if builtin else preset}"
 
     # Heavy imports only after the flags are known to be good.
-    from keras_alexnet import recipes, run_files, sources, synthetic, training
+    from keras_alexnet import preprocessing, recipes, run_files, sources, synthetic, training
 
     # Multi-worker collectives must be configured before TensorFlow runs any op.
     try:
@@ -166,6 +165,7 @@ def main(argv=None):
         "lrn_alpha", "lrn_bias", "lrn", "positive_bias", "weight_stddev", "input_scale", "dropout", "seed")}
     try:
         recipe = recipes.resolve(preset, overrides)
+        preprocessing.check_mean_mode(recipe.mean)
         if recipe.crop_size > recipe.resize_size:
             raise ValueError(f"--crop-size {recipe.crop_size} is larger than --resize-size {recipe.resize_size}")
         if builtin:

@@ -42,6 +42,7 @@ from pathlib import Path
 
 import numpy as np
 
+from keras_alexnet import recipes
 from keras_alexnet import stats as stats_lib
 
 CONFIG_FILE = "config.json"
@@ -253,6 +254,19 @@ def check_config(run_dir, config):
         return
     saved = _read_json(path)
     config = json.loads(json.dumps(config, default=str))  # tuples -> lists, as saved
+    old_recipe = saved.get("recipe")
+    if old_recipe:
+        # A recipe written before `Recipe.variant` existed built the paper's network
+        # (its LRN within each tower) whatever the preset: read it as that variant.
+        variant = (config.get("recipe") or {}).get("variant", "paper")
+        if "variant" not in old_recipe and variant != "paper":
+            raise ConfigMismatchError(
+                f"{run_dir} was trained before presets named their network: it is the "
+                f"paper's variant (LRN within each tower, {path}), not {variant!r}, and "
+                "cannot be resumed as that. Its models still evaluate as they are; start the "
+                f"{variant} run in another --output-dir.")
+        saved["recipe"] = json.loads(json.dumps(
+            recipes.Recipe.from_dict(old_recipe).to_dict(), default=str))
     diffs = []
     for key in COMPARED_CONFIG_KEYS:
         a, b = saved.get(key) or {}, config.get(key) or {}

@@ -712,8 +712,7 @@ def plot_training_curves(metrics, path=None, title="Training curves"):
             for split, style in (("train", "-"), ("val", "--")):
                 if s[split] is not None:
                     ax.plot(epoch, s[split], style, marker=".", label=split)
-            title = titles[key] + (" (1 - accuracy)" if s["from_accuracy"] else "")
-            ax.set_title(title)
+            ax.set_title(titles[key] + (" (1 - accuracy)" if s["from_accuracy"] else ""))
             ax.legend(fontsize=8)
         ax.set_xlabel("epoch")
         ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))

@@ -321,8 +321,9 @@ def test_read_metrics_and_training_curves(tmp_path):
     metrics = runs.read_metrics(tmp_path)  # a run directory
     assert set(metrics) == {"epoch", "loss", "top1_error", "top5_error", "val_loss", "val_top1_error", "val_top5_error", "lr"}
     np.testing.assert_array_equal(metrics["lr"], [0.01, 0.01, 0.001, 0.0001])
-    fig = viz.plot_training_curves(metrics, tmp_path / "curves.png")
+    fig = viz.plot_training_curves(metrics, tmp_path / "curves.png", title="Training curves: runs/x")
     assert_png(tmp_path / "curves.png", fig)
+    assert fig.get_suptitle() == "Training curves: runs/x"  # the run's, not the last panel's
     titles = [ax.get_title() for ax in fig.axes]
     assert titles == ["loss", "top-1 error", "top-5 error", "learning rate"]
     assert fig.axes[3].get_yscale() == "log"
@@ -342,6 +343,7 @@ def test_training_curves_accept_accuracy_columns_and_missing_ones(tmp_path):
     assert np.isnan(series["lr"][1])  # an empty cell
     fig = viz.plot_training_curves(runs.read_metrics(path), tmp_path / "curves.png")
     assert_png(tmp_path / "curves.png", fig)
+    assert fig.get_suptitle() == "Training curves"  # the default title
     assert [ax.get_title() for ax in fig.axes if ax.axison] == [
         "loss", "top-1 error (1 - accuracy)", "top-5 error (1 - accuracy)", "learning rate",
     ]

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from nbclient import NotebookClient
 
-from keras_alexnet import notebook_utils, runs, synthetic
+from keras_alexnet import analysis, notebook_utils, runs, synthetic
 
 REPO = Path(__file__).resolve().parents[1]
 NOTEBOOKS = REPO / "notebooks"
@@ -117,7 +117,7 @@ def test_notebook_is_committed_clean(path):
             f"{path.name}: define functions in keras_alexnet, not in the notebook:\n{cell.source}"
         )
     source = "\n".join(cell.source for cell in cells)
-    assert "from keras_alexnet import notebook_utils, runs, visualize" in source
+    assert re.search(r"^from keras_alexnet import .*\bnotebook_utils, runs\b", source, re.M)
     saved = set(re.findall(r'out_dir / "([\w.]+\.png)"', source))
     assert set(EXPECTED[path.name]) <= saved
 
@@ -259,8 +259,8 @@ def test_one_image_falls_back_to_a_drawn_image(tiny_run, monkeypatch):
 
 
 def test_spread():
-    assert notebook_utils.spread(range(3), 5) == [0, 1, 2]
-    assert notebook_utils.spread(range(10), 4) == [0, 3, 6, 9]
+    assert analysis.spread(range(3), 5) == [0, 1, 2]
+    assert analysis.spread(range(10), 4) == [0, 3, 6, 9]
 
 
 def exact_p_value(values):

@@ -15,14 +15,13 @@ from keras_alexnet import data, runs, stats as stats_lib
 PACKAGE = Path(__file__).resolve().parents[1] / "keras_alexnet"
 # The layers, bottom first: a module may import only modules of its own layer or below.
 LAYERS = [
-    {"console", "keras_compat", "imagenet", "recipes", "synthetic", "metrics"},
+    {"console", "keras_compat", "imagenet", "recipes", "synthetic", "metrics", "hardware", "analysis"},
     {"layers"},
     {"model", "data", "weight_files"},
     {"stats"},
     {"runs"},
-    {"evaluation", "applications"},
-    {"visualize"},  # draws; training uses it for the curves at the end of every run
-    {"training"},
+    {"evaluation", "applications", "callbacks", "activations"},
+    {"training", "figures"},  # figures reach training only as train.py's after_run hook
     {"notebook_utils", "__init__", "export", "convert"},
 ]
 

@@ -152,7 +152,7 @@ def top5(model, images, class_names, k=5, preprocess=None, batch_size=32):
 
 def fc7_features(model, images, batch_size=32, preprocess=None):
     """The fc7 activations after their ReLU ("the last, 4096-dimensional hidden layer",
-    §6.1), in inference mode: dropout (drop7 comes after fc7) is off.
+    docs/paper.md §6.1), in inference mode: dropout (drop7 comes after fc7) is off.
 
     Returns:
         float32 array ``(n, fc_units)``.

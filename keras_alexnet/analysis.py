@@ -101,7 +101,7 @@ def nearest_neighbours(query_feats, base_feats, k=6, return_distances=False):
     """Indices of the ``k`` base vectors nearest to each query, by Euclidean distance.
 
     Squared distances are ``||q||^2 + ||b||^2 - 2 q.b`` computed in float64 (the paper's
-    Fig. 4 compares fc7 vectors this way, §6.1). Ties go to the lower base index.
+    Fig. 4 compares fc7 vectors this way, docs/paper.md §6.1). Ties go to the lower base index.
 
     Args:
         query_feats: array ``(q, d)`` (or ``(d,)`` for one query).

@@ -1,6 +1,6 @@
-"""The Keras callbacks of a training run: the paper's learning-rate schedules (§5), the
-per-epoch log additions, the divergence check, and the per-epoch save of the training
-state.
+"""The Keras callbacks of a training run: the paper's learning-rate schedules
+(docs/paper.md §5), the per-epoch log additions, the divergence check, and the
+per-epoch save of the training state.
 
 A run that diverges (a non-finite loss) stops at once with `TrainingDiverged`, before
 anything of the diverged epoch is saved: the resume pointer, ``best.keras`` and
@@ -32,7 +32,7 @@ def set_learning_rate(model, value):
 
 
 class PlateauSchedule(keras.callbacks.Callback):
-    """Divides the learning rate by 10 when the validation error stops improving (§5).
+    """Divides the learning rate by 10 when the validation error stops improving (docs/paper.md §5).
 
     After ``patience`` epochs in a row without a new best ``monitor`` (lower is better)
     the rate is multiplied by ``factor``, at most ``max_reductions`` times ("reduced

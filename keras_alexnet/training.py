@@ -1,4 +1,4 @@
-"""The paper's training recipe (§5) on `model.fit`, with runs that survive a kill.
+"""The paper's training recipe (docs/paper.md §5) on `model.fit`, with runs that survive a kill.
 
 A run starts in one way, whoever starts it (``train.py``, the notebooks' brief run, the
 tests)::
@@ -51,13 +51,13 @@ def paper_regularizer(weight_decay):
     """The L2 regulariser whose gradient is the paper's ``weight_decay * w``.
 
     Keras' ``L2(l)`` adds ``l * sum(w**2)`` to the loss, whose gradient is ``2 l w``, so
-    the paper's decay of 0.0005 (§5) is ``L2(0.00025)``.
+    the paper's decay of 0.0005 (docs/paper.md §5) is ``L2(0.00025)``.
     """
     return keras.regularizers.L2(weight_decay / 2.0) if weight_decay else None
 
 
 def paper_optimizer(recipe):
-    """SGD with momentum (§5). With `paper_regularizer` on the kernels, one step is
+    """SGD with momentum (docs/paper.md §5). With `paper_regularizer` on the kernels, one step is
     ``v <- momentum v - weight_decay lr w - lr dL/dw``, ``w <- w + v``."""
     return keras.optimizers.SGD(learning_rate=recipe.learning_rate, momentum=recipe.momentum)
 

@@ -244,7 +244,7 @@ def test_relative_data_dir_is_found_from_any_working_directory(tmp_path, monkeyp
     assert data_dir(config) == where_trained / "data"
     assert data_dir({"data": {"data_dir": "/abs/data"}}) == Path("/abs/data")
     assert data_dir({"data": {"tfds": "imagenette"}}) is None
-    # Runs from before working_dir was recorded keep the old meaning (relative to cwd).
+    # A config without working_dir: data_dir relative to the current directory.
     assert data_dir({"data": {"data_dir": "data"}}) == Path("data")
 
 

@@ -212,7 +212,7 @@ def conv_output_size(n, kernel, stride, pad):
 
 
 def test_feature_maps_shapes(towers, grouped, images):
-    # The paper's conv stack (§3.5) on a 67x67 input, from the arithmetic of each layer.
+    # The paper's conv stack (docs/paper.md §3.5) on a 67x67 input, from the arithmetic of each layer.
     s1 = conv_output_size(67, 11, 4, 0)  # conv1
     p1 = conv_output_size(s1, 3, 2, 0)  # pool1; conv2 keeps the size ("same")
     p2 = conv_output_size(p1, 3, 2, 0)  # pool2; conv3 - conv5 keep it

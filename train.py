@@ -151,11 +151,11 @@ def main(argv=None):
     output_dir = args.output_dir or f"runs/{'default' if builtin else preset}"
 
     # Heavy imports only after the flags are known to be good.
-    from keras_alexnet import preprocessing, recipes, run_files, sources, synthetic, training
+    from keras_alexnet import callbacks, figures, hardware, preprocessing, recipes, run_files, synthetic, training
 
     # Multi-worker collectives must be configured before TensorFlow runs any op.
     try:
-        strategy = training.make_strategy(args.strategy)
+        strategy = hardware.make_strategy(args.strategy)
     except (ValueError, RuntimeError) as e:
         print(f"train.py: error: --strategy {args.strategy}: {e}", file=sys.stderr)
         return 2
@@ -173,28 +173,23 @@ def main(argv=None):
             print(f"No --data-dir: using the built-in synthetic dataset in {data_dir}", flush=True)
         else:
             data_dir = Path(args.data_dir).expanduser()
-        train_source = sources.load_source(data_dir, args.train_split, tfds_name=args.tfds, manual_dir=args.manual_dir,
-                                        class_index=args.class_index)
-        val_source = sources.load_source(data_dir, args.val_split, tfds_name=args.tfds, manual_dir=args.manual_dir,
-                                      class_index=args.class_index, class_names=train_source.class_names)
-        if val_source.num_classes != train_source.num_classes:
-            raise ValueError(f"{val_source.location} has {val_source.num_classes} classes, "
-                             f"{train_source.location} {train_source.num_classes}")
+        run_data = training.DataSpec(str(data_dir), tfds=args.tfds, train_split=args.train_split,
+                                     val_split=args.val_split, class_index=args.class_index,
+                                     manual_dir=args.manual_dir).load()
         settings = training.RunSettings(
             output_dir=output_dir, precision=args.precision, xla={"auto": "auto", "on": True, "off": False}[args.xla],
             steps_per_execution=args.steps_per_execution, grouping=args.grouping, devices=args.devices,
             strategy=args.strategy, stats_max_images=args.stats_max_images,
             max_steps_per_epoch=args.max_steps_per_epoch, verbose=0 if args.quiet else 1,
             on_divergence=args.on_divergence, max_recoveries=args.max_recoveries)
-        description = {"data_dir": str(data_dir), "tfds": args.tfds, "train_split": args.train_split,
-                       "val_split": args.val_split, "class_index": train_source.class_index, "preset": preset}
     except (ValueError, FileNotFoundError) as e:  # bad paths, bad data, bad values
         print(f"train.py: error: {e}", file=sys.stderr)
         return 2
 
     try:
-        summary = training.train(recipe, train_source, val_source, settings, args.stats, description, strategy)
-    except training.TrainingDiverged as e:
+        summary = training.train(recipe, run_data, settings, preset=preset, stats_path=args.stats, strategy=strategy,
+                                 after_run=figures.record_training_curves)
+    except callbacks.TrainingDiverged as e:
         argv = list(sys.argv[1:] if argv is None else argv)
         print(divergence_message(e, argv, recipe.learning_rate), file=sys.stderr)
         return EXIT_DIVERGED

@@ -10,7 +10,7 @@ Prints one line ``RESULT {...json...}`` on stdout. Keys of the config (all optio
 - ``precision``: ``"fp32"`` or ``"bf16"`` (Keras ``mixed_bfloat16`` policy).
 - ``grouping``: ``"towers"`` or ``"grouped"`` (or ``"none"``), passed to `AlexNet`.
 - ``xla``: ``compile(jit_compile=...)``; ``"auto"``: what the library picks on this machine
-  (`keras_alexnet.training.choose_xla`), reported back as ``xla_resolved``.
+  (`keras_alexnet.hardware.choose_xla`), reported back as ``xla_resolved``.
 - ``steps_per_execution``: passed to ``compile``.
 - ``lrn``: ``"default"`` (the library's layer as shipped:
   ``lrn_implementation="matmul"``, the banded-matmul LRN), ``"tf_nn"``
@@ -135,7 +135,7 @@ def run_train(cfg, dataset=None):
     )
     params = int(model.count_params())
     if cfg["xla"] == "auto":
-        from keras_alexnet.training import choose_xla
+        from keras_alexnet.hardware import choose_xla
 
         policy = "mixed_bfloat16" if cfg["precision"] == "bf16" else "float32"
         cfg["xla_resolved"] = choose_xla(policy, cfg["grouping"])

@@ -1,5 +1,5 @@
 """What the notebooks in ``notebooks/`` need beyond `keras_alexnet.runs` and
-`keras_alexnet.visualize`: a run to look at, a folder for its figures, the images to
+`keras_alexnet.figures`: a run to look at, a folder for its figures, the images to
 show, and one number for Fig. 3.
 
 Each notebook takes one parameter, the path of a run directory written by ``train.py``
@@ -22,10 +22,10 @@ Each notebook takes one parameter, the path of a run directory written by ``trai
 
 Example::
 
-    from keras_alexnet import notebook_utils, runs, visualize
+    from keras_alexnet import figures, notebook_utils, runs
     run_dir = notebook_utils.get_run(None)           # trains the default briefly
     run = runs.open_run(run_dir)
-    visualize.plot_conv1_filters(run.model, notebook_utils.figures_dir(run_dir) / "conv1_filters.png")
+    figures.plot_conv1_filters(run.model, notebook_utils.figures_dir(run_dir) / "conv1_filters.png")
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ import numpy as np
 
 import keras_alexnet
 from keras_alexnet import run_files, runs, sources, synthetic
-from keras_alexnet.visualize import spread  # noqa: F401  (the notebooks' helper too)
+from keras_alexnet.analysis import spread
 
 RUN_ENV = "KERAS_ALEXNET_RUN"  # the run directory, when RUN_DIR is None
 OUT_ENV = "KERAS_ALEXNET_OUT"  # the figures directory, when OUT_DIR is None
@@ -73,18 +73,14 @@ def train_brief(output_dir, epochs=BRIEF_EPOCHS, max_steps_per_epoch=BRIEF_STEPS
     output_dir = Path(output_dir)
     if _finished(output_dir, epochs):
         return output_dir
-    from keras_alexnet import recipes, training
+    from keras_alexnet import figures, recipes, training
 
     recipe = recipes.resolve("tiny", {"epochs": epochs})
-    data_dir = synthetic.default_dataset()
-    train_source = sources.load_source(data_dir, "train")
-    val_source = sources.load_source(data_dir, "val", class_names=train_source.class_names)
+    run_data = training.DataSpec(str(synthetic.default_dataset())).load()
     settings = training.RunSettings(
         output_dir=str(output_dir), max_steps_per_epoch=max_steps_per_epoch, verbose=verbose
     )
-    description = {"data_dir": str(data_dir), "tfds": None, "train_split": "train",
-                   "val_split": "val", "class_index": train_source.class_index, "preset": "tiny"}
-    training.train(recipe, train_source, val_source, settings, None, description)
+    training.train(recipe, run_data, settings, preset="tiny", after_run=figures.record_training_curves)
     return output_dir
 
 
@@ -171,8 +167,8 @@ def tower_difference(values, permutations=10_000, seed=0):
     split of the same kernels into two halves gives as large a difference.
 
     Args:
-        values: ``n`` values, tower a's ``n/2`` first (`visualize.conv1_kernels` order),
-            e.g. `visualize.colour_specificity` of the 96 conv1 kernels.
+        values: ``n`` values, tower a's ``n/2`` first (`keras_alexnet.activations.conv1_kernels` order),
+            e.g. `keras_alexnet.analysis.colour_specificity` of the 96 conv1 kernels.
         permutations: random relabellings for the p-value.
         seed: their seed.
 

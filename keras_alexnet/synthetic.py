@@ -16,11 +16,11 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
 CLASSES = ("disc", "square", "triangle", "ring", "cross", "stripes", "star", "checker")
-VERSION = 2  # 2: shapes always stand out from their background (MIN_CONTRAST)
-BACKGROUND_SPREAD = 40  # version 1: every 4x4 cell uniform in 40..215 (a colourful clutter)
+VERSION = 2  # in manifest.json; raised whenever draw_image changes, so cached copies are redrawn
+BACKGROUND_SPREAD = 40  # +- per channel around the background colour, on a 4x4 grid: smooth, no clutter
 MIN_CONTRAST = 150  # |shape colour - background mean under it|, summed over R, G, B
-# The built-in dataset (v1: 150 + 40 per class at 96 px): drawn at the tiny preset's
-# resize size, an epoch of 200 steps at its batch size of 16.
+# The built-in dataset: drawn at the tiny preset's resize size, an epoch of 200 steps at
+# its batch size of 16.
 TRAIN_PER_CLASS, VAL_PER_CLASS, SIZE = 400, 50, 76
 
 

@@ -1,35 +1,47 @@
-"""The paper's training recipe (§5) on `model.fit`, with runs that survive a kill.
+"""The paper's training recipe (docs/paper.md §5) on `model.fit`, with runs that survive a kill.
 
-A run that diverges (a non-finite loss) stops at once with `TrainingDiverged`, before
-anything of the diverged epoch is saved: the resume pointer, ``best.keras`` and
-``last.keras`` keep naming the last finite epoch.
+A run starts in one way, whoever starts it (``train.py``, the notebooks' brief run, the
+tests)::
 
-`train(...)` is what ``python train.py`` runs. What it writes into the run directory,
-and how each file is written so that a kill at any moment loses nothing, is
-`keras_alexnet.runs`' business; this module builds, compiles and fits the model, and
-hands `keras_alexnet.runs` the config, statistics, training state and summary.
+    data = training.DataSpec("/data/imagenet").load()      # the sources, checked
+    settings = training.RunSettings(output_dir="runs/paper")
+    summary = training.train(recipes.resolve("paper"), data, settings, preset="paper")
+
+`train` writes ``config.json`` from its arguments, builds and compiles the model, and
+fits it with the callbacks of `keras_alexnet.callbacks`. What it writes into the run
+directory, and how each file is written so that a kill at any moment loses nothing, is
+`keras_alexnet.runs`' business. Precision, XLA and the distribution strategy are chosen
+by `keras_alexnet.hardware`.
 """
 
 import dataclasses
-import json
-import math
 import os
 import time
 import warnings
 from pathlib import Path
 
 import keras
-import numpy as np
 import tensorflow as tf
 
 from keras_alexnet import data as data_lib
 from keras_alexnet import keras_compat
-from keras_alexnet import run_files, training_state
+from keras_alexnet import run_files, sources, training_state
 from keras_alexnet import stats as stats_lib
-from keras_alexnet.metrics import TopKError, error_metrics  # noqa: F401 (re-exported)
+from keras_alexnet.callbacks import (
+    MONITOR,
+    RECOVERY_FACTOR,
+    DivergenceGuard,
+    EpochInfo,
+    PlateauSchedule,
+    SaveTrainingState,
+    StepSchedule,
+    TrainingDiverged,
+    learning_rate,
+    set_learning_rate,
+)
+from keras_alexnet.hardware import choose_precision, choose_xla, make_strategy, worker_info
+from keras_alexnet.metrics import error_metrics
 from keras_alexnet.model import AlexNet
-
-MONITOR = run_files.MONITOR
 
 
 # Optimiser -----------------------------------------------------------------------------
@@ -39,253 +51,15 @@ def paper_regularizer(weight_decay):
     """The L2 regulariser whose gradient is the paper's ``weight_decay * w``.
 
     Keras' ``L2(l)`` adds ``l * sum(w**2)`` to the loss, whose gradient is ``2 l w``, so
-    the paper's decay of 0.0005 (§5) is ``L2(0.00025)``.
+    the paper's decay of 0.0005 (docs/paper.md §5) is ``L2(0.00025)``.
     """
     return keras.regularizers.L2(weight_decay / 2.0) if weight_decay else None
 
 
 def paper_optimizer(recipe):
-    """SGD with momentum (§5). With `paper_regularizer` on the kernels, one step is
+    """SGD with momentum (docs/paper.md §5). With `paper_regularizer` on the kernels, one step is
     ``v <- momentum v - weight_decay lr w - lr dL/dw``, ``w <- w + v``."""
     return keras.optimizers.SGD(learning_rate=recipe.learning_rate, momentum=recipe.momentum)
-
-
-def _lr(model):
-    return float(keras.ops.convert_to_numpy(model.optimizer.learning_rate))
-
-
-def _set_lr(model, value):
-    model.optimizer.learning_rate.assign(value)
-
-
-# Learning-rate schedules ---------------------------------------------------------------
-
-
-class PlateauSchedule(keras.callbacks.Callback):
-    """Divides the learning rate by 10 when the validation error stops improving (§5).
-
-    After ``patience`` epochs in a row without a new best ``monitor`` (lower is better)
-    the rate is multiplied by ``factor``, at most ``max_reductions`` times ("reduced
-    three times prior to termination"). Its state (`get_state` / `set_state`) is saved
-    with every checkpoint, so a resumed run continues the same count.
-
-    Args:
-        monitor: the logged quantity to watch (default ``val_top1_error``).
-        factor: multiplier of the rate (0.1).
-        patience: epochs without improvement before a reduction.
-        max_reductions: at most this many reductions (3).
-        min_delta: an improvement must be larger than this.
-        verbose: print each reduction.
-    """
-
-    def __init__(self, monitor=MONITOR, factor=0.1, patience=5, max_reductions=3, min_delta=0.0, verbose=1):
-        super().__init__()
-        if not 0 < factor < 1:
-            raise ValueError(f"factor must be in (0, 1), got {factor}.")
-        if patience < 1:
-            raise ValueError(f"patience must be >= 1, got {patience}.")
-        self.monitor = monitor
-        self.factor = factor
-        self.patience = patience
-        self.max_reductions = max_reductions
-        self.min_delta = min_delta
-        self.verbose = verbose
-        self.best = float("inf")
-        self.wait = 0
-        self.reductions = 0
-
-    def get_state(self):
-        return {"best": self.best, "wait": self.wait, "reductions": self.reductions}
-
-    def set_state(self, state):
-        self.best, self.wait, self.reductions = float(state["best"]), int(state["wait"]), int(state["reductions"])
-
-    def on_epoch_end(self, epoch, logs=None):
-        logs = logs if logs is not None else {}
-        current = logs.get(self.monitor)
-        if current is None:
-            raise KeyError(f"PlateauSchedule watches {self.monitor!r}, which was not logged; have {sorted(logs)}.")
-        if current < self.best - self.min_delta:
-            self.best, self.wait = float(current), 0
-            return
-        self.wait += 1
-        if self.wait >= self.patience and self.reductions < self.max_reductions:
-            old = _lr(self.model)
-            _set_lr(self.model, old * self.factor)
-            self.reductions += 1
-            self.wait = 0
-            if self.verbose:
-                print(f"Epoch {epoch + 1}: {self.monitor} has not improved for {self.patience} epochs: "
-                      f"learning rate {old:.3g} -> {old * self.factor:.3g} (reduction {self.reductions}/{self.max_reductions}).")
-
-
-class StepSchedule(keras.callbacks.Callback):
-    """Multiplies the base rate by ``factor`` at each of ``steps`` (0-based epochs).
-
-    The rate of epoch ``e`` is ``scale * base * factor ** len([s for s in steps if s <= e])``,
-    a pure function of the epoch; ``scale`` (1, or 0.1 per recovery from a divergence) is
-    its only state.
-    """
-
-    def __init__(self, base, steps, factor=0.1):
-        super().__init__()
-        self.base, self.steps, self.factor = base, tuple(steps), factor
-        self.scale = 1.0  # divided by 10 by each recovery from a divergence (saved)
-
-    def get_state(self):
-        return {"scale": self.scale}
-
-    def set_state(self, state):
-        self.scale = float(state["scale"])
-
-    def rate(self, epoch):
-        return self.scale * self.base * self.factor ** sum(1 for s in self.steps if s <= epoch)
-
-    def on_epoch_begin(self, epoch, logs=None):
-        _set_lr(self.model, self.rate(epoch))
-
-
-class EpochInfo(keras.callbacks.Callback):
-    """Adds the epoch's learning rate and wall time to the logs."""
-
-    def on_epoch_begin(self, epoch, logs=None):
-        self._lr, self._start = _lr(self.model), time.time()
-
-    def on_epoch_end(self, epoch, logs=None):
-        if logs is not None:
-            logs["lr"] = self._lr
-            logs["seconds"] = time.time() - self._start
-
-
-# Divergence ----------------------------------------------------------------------------
-
-
-class TrainingDiverged(RuntimeError):
-    """The loss (or the weights) became NaN or infinite; nothing of the epoch was saved.
-
-    Attributes:
-        epoch: the 1-based epoch.
-        step: the 1-based step in the epoch, or None when found at the end of the epoch.
-        steps: steps per epoch (or None).
-        learning_rate: the rate when it diverged.
-        what: what was not finite, in words (``"loss nan"``).
-        run_dir: the run directory (set by `train`).
-        last_good_epoch: the epoch the resume pointer names, or None when no epoch was
-            saved (set by `train`).
-        recoveries: recoveries made before this divergence (``--on-divergence recover``).
-    """
-
-    def __init__(self, epoch, step, steps, learning_rate, what):
-        self.epoch, self.step, self.steps = epoch, step, steps
-        self.learning_rate, self.what = learning_rate, what
-        self.run_dir = None
-        self.last_good_epoch = None
-        self.recoveries = 0
-        if step is not None:
-            where = f"at step {step}" + (f" of {steps}" if steps else "") + f" of epoch {epoch}"
-        else:  # found by the end-of-epoch check: the last step made the weights non-finite
-            where = f"at the end of epoch {epoch}" + (f" (after step {steps} of {steps})" if steps else "")
-        super().__init__(f"training diverged: {what} {where} (learning rate {learning_rate:.3g})")
-
-
-RECOVERY_FACTOR = 0.1  # --on-divergence recover: the rate after a divergence, times this
-
-
-def _non_finite(value):
-    try:
-        return not math.isfinite(float(value))
-    except (TypeError, ValueError):
-        return False
-
-
-class DivergenceGuard(keras.callbacks.Callback):
-    """Stops training with `TrainingDiverged` at the first step whose loss is not finite.
-
-    Why every step and not at the end of the epoch: an ImageNet epoch is hours, and a
-    NaN is final (the logged loss is the running mean of the epoch, so it stays NaN);
-    stopping within the step saves the rest of the epoch and its validation. Raising
-    (rather than ``stop_training``) also keeps Keras from running the validation and
-    the ``on_epoch_end`` of the other callbacks, so nothing of a diverged epoch is
-    saved. `SaveTrainingState` checks the loss and the weights once more before it writes
-    (a last step that made the weights NaN logs a finite loss).
-
-    ``async_safe``: Keras may run this in a worker thread, so the check costs the
-    training loop nothing; the error then surfaces at the next step (the step number
-    reported is the one that diverged).
-    """
-
-    async_safe = True
-
-    def __init__(self):
-        super().__init__()
-        self.epoch = 0
-        self.recoveries = 0  # recoveries so far (``--on-divergence recover``), saved with the run
-
-    def get_state(self):
-        return {"recoveries": self.recoveries}
-
-    def set_state(self, state):
-        self.recoveries = int(state["recoveries"])
-
-    def on_epoch_begin(self, epoch, logs=None):
-        self.epoch = epoch + 1
-
-    def on_train_batch_end(self, batch, logs=None):
-        loss = (logs or {}).get("loss")
-        if loss is not None and _non_finite(loss):
-            raise TrainingDiverged(self.epoch, batch + 1, (self.params or {}).get("steps"),
-                                   _lr(self.model), f"loss {float(loss)}")
-
-
-def check_finite(model, logs, epoch, steps=None):
-    """Raises `TrainingDiverged` (at the end of ``epoch``, 1-based, of ``steps`` steps)
-    when a loss in ``logs`` or a weight of ``model`` is NaN or infinite."""
-    logs = logs or {}
-    for key in ("loss", "val_loss"):
-        if key in logs and _non_finite(logs[key]):
-            raise TrainingDiverged(epoch, None, steps, _lr(model), f"{key} {float(logs[key])}")
-    for variable in model.weights:
-        if not np.isfinite(keras.ops.convert_to_numpy(variable)).all():
-            raise TrainingDiverged(epoch, None, steps, _lr(model), f"weights of {variable.path} not finite")
-
-
-# The training state, each epoch ---------------------------------------------------
-
-
-class SaveTrainingState(keras.callbacks.Callback):
-    """Writes the training state of a run at the end of every epoch, kill-safe
-    (`keras_alexnet.training_state.save_training_state`: model and state, ``best.keras``,
-    ``last.keras``, ``metrics.csv``, then the pointer).
-
-    Args:
-        run_dir: the run directory.
-        stateful: dict of name -> callback with ``get_state`` / ``set_state``.
-        history: list of per-epoch log dicts, continued on resume.
-        monitor: the quantity that decides ``best.keras`` (lower is better).
-        is_chief: the chief worker of multi-worker training writes to ``run_dir``; the
-            others write the same files to ``run_dir/workers/<index>`` (so that every
-            worker takes part in the same save, and tests can compare the replicas).
-        worker_index: this worker's index.
-    """
-
-    def __init__(self, run_dir, stateful=None, history=None, monitor=MONITOR, is_chief=True, worker_index=0):
-        super().__init__()
-        self.run_dir = Path(run_dir) if is_chief else Path(run_dir) / "workers" / str(worker_index)
-        self.stateful = stateful or {}
-        self.history = history if history is not None else []
-        self.monitor = monitor
-        self.is_chief = is_chief
-        best = [r[monitor] for r in self.history if r.get(monitor) is not None]
-        self.best = min(best) if best else float("inf")
-
-    def on_epoch_end(self, epoch, logs=None):
-        check_finite(self.model, logs, epoch + 1, (self.params or {}).get("steps"))  # never saved
-        row = {"epoch": epoch + 1}
-        row.update({k: float(v) for k, v in (logs or {}).items()})
-        self.history.append(row)
-        callbacks = {name: cb.get_state() for name, cb in self.stateful.items()}
-        self.best = training_state.save_training_state(self.run_dir, self.model, self.history, callbacks,
-                                             self.best, self.monitor)
 
 
 def restore_into(model, model_path):
@@ -302,115 +76,62 @@ def restore_into(model, model_path):
         own.assign(value)
 
 
-# Precision -----------------------------------------------------------------------------
-
-
-def choose_precision(cpu_flags=None, gpu_capabilities=None):
-    """The fastest mixed-precision policy for the hardware, without changing the network.
-
-    bfloat16 pays only where the hardware computes it: on CPUs with AMX-BF16 or
-    AVX512_BF16, and on GPUs of compute capability 8.0 or later; GPUs from 7.0 get
-    float16 (with loss scaling). Elsewhere bf16 is emulated: on this project's AVX-512
-    machines without those flags bf16 trained 3.5x *slower* than float32 (bench/NOTES.md).
-
-    Args:
-        cpu_flags: set of /proc/cpuinfo flags (read from the machine if None).
-        gpu_capabilities: list of (major, minor) of the visible GPUs (queried if None).
-
-    Returns:
-        ``"mixed_bfloat16"``, ``"mixed_float16"`` or ``"float32"``.
-    """
-    if gpu_capabilities is None:
-        gpu_capabilities = []
-        for gpu in tf.config.list_physical_devices("GPU"):
-            cc = tf.config.experimental.get_device_details(gpu).get("compute_capability")
-            if cc:
-                gpu_capabilities.append(tuple(cc))
-    if gpu_capabilities:
-        lowest = min(gpu_capabilities)
-        return "mixed_bfloat16" if lowest >= (8, 0) else "mixed_float16" if lowest >= (7, 0) else "float32"
-    if cpu_flags is None:
-        cpu_flags = _cpu_flags()
-    return "mixed_bfloat16" if BF16_CPU_FLAGS & set(cpu_flags) else "float32"
-
-
-BF16_CPU_FLAGS = {"amx_bf16", "avx512_bf16"}
-
-
-def _cpu_flags():
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        text = ""
-    return {flag for line in text.splitlines() if line.startswith("flags") for flag in line.split(":", 1)[1].split()}
-
-
-def choose_xla(precision, grouping="towers", cpu_flags=None, num_gpus=None):
-    """Whether XLA makes the training step faster, without changing what it computes.
-
-    Measured on CPU (bench/NOTES.md): in float32 XLA is slower than TensorFlow's oneDNN
-    kernels (32 vs 37 img/s); in bfloat16 on a CPU *without* bf16 instructions it is more
-    than twice as fast (27 vs 12 img/s), because XLA's bf16 convolutions beat oneDNN's
-    bf16 emulation. With the grouped layout XLA is always slow (its grouped-conv filter
-    gradient, 6-7 img/s). On GPUs and on CPUs with AMX/AVX512_BF16 nothing was measured
-    here, so XLA stays off.
-
-    Args:
-        precision: the resolved policy name (``"float32"``, ``"mixed_bfloat16"``, ...).
-        grouping: the model layout.
-        cpu_flags: set of /proc/cpuinfo flags (read from the machine if None).
-        num_gpus: number of visible GPUs (queried if None).
-    """
-    if precision != "mixed_bfloat16" or grouping == "grouped":
-        return False
-    if num_gpus is None:
-        num_gpus = len(tf.config.list_physical_devices("GPU"))
-    if num_gpus:
-        return False
-    if cpu_flags is None:
-        cpu_flags = _cpu_flags()
-    return not (BF16_CPU_FLAGS & set(cpu_flags))
-
-
-# Distribution --------------------------------------------------------------------------
-
-
-def make_strategy(kind="auto"):
-    """The `tf.distribute` strategy for ``kind``.
-
-    ``"auto"``: `MultiWorkerMirroredStrategy` when ``TF_CONFIG`` names a cluster of more
-    than one worker, `MirroredStrategy` with several GPUs, else the default strategy.
-    ``"mirrored"``, ``"multi-worker"``, ``"default"`` force one.
-    """
-    tf_config = json.loads(os.environ.get("TF_CONFIG", "{}") or "{}")
-    workers = tf_config.get("cluster", {}).get("worker", [])
-    if kind == "auto":
-        if len(workers) > 1:
-            kind = "multi-worker"
-        elif len(tf.config.list_logical_devices("GPU")) > 1:
-            kind = "mirrored"
-        else:
-            kind = "default"
-    if kind == "multi-worker":
-        return tf.distribute.MultiWorkerMirroredStrategy()
-    if kind == "mirrored":
-        return tf.distribute.MirroredStrategy()
-    if kind == "default":
-        return tf.distribute.get_strategy()
-    raise ValueError(f"unknown strategy {kind!r}")
-
-
-def worker_info(strategy):
-    """``(num_workers, worker_index, is_chief)`` of this process."""
-    resolver = getattr(strategy, "cluster_resolver", None)
-    if resolver is None or not resolver.cluster_spec().as_dict():
-        return 1, 0, True
-    num = resolver.cluster_spec().num_tasks("worker")
-    index = resolver.task_id or 0
-    return num, index, index == 0
-
-
 # The run -------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class DataSpec:
+    """Where a run's images come from (``train.py``'s data flags).
+
+    Attributes:
+        data_dir: an ImageNet-style folder (``DIR/train/<class>/*``, ``DIR/val/...``), or
+            the TFDS data directory when ``tfds`` is set.
+        tfds: a prepared TFDS dataset name (``imagenet2012``, ``imagenette``), or None.
+        train_split, val_split: the split names.
+        class_index: ``"auto"``, ``"imagenet"`` (the 1000 ImageNet indices for wnid
+            folders) or ``"compact"`` (0..K-1).
+        manual_dir: the TFDS manual directory (``imagenet2012``'s tars), or None.
+    """
+
+    data_dir: str
+    tfds: str = None
+    train_split: str = "train"
+    val_split: str = "val"
+    class_index: str = "auto"
+    manual_dir: str = None
+
+    def load(self):
+        """The training and validation sources (`RunData`); the validation classes
+        follow the training source's order.
+
+        Raises:
+            keras_alexnet.data.DatasetError (a ValueError), FileNotFoundError: missing or
+                bad data, or a validation split with another number of classes.
+        """
+        kwargs = dict(tfds_name=self.tfds, manual_dir=self.manual_dir, class_index=self.class_index)
+        train_source = sources.load_source(self.data_dir, self.train_split, **kwargs)
+        val_source = sources.load_source(self.data_dir, self.val_split, class_names=train_source.class_names,
+                                          **kwargs)
+        if val_source.num_classes != train_source.num_classes:
+            raise sources.DatasetError(f"{val_source.location} has {val_source.num_classes} classes, "
+                                        f"{train_source.location} {train_source.num_classes}")
+        return RunData(self, train_source, val_source)
+
+
+@dataclasses.dataclass(frozen=True)
+class RunData:
+    """The loaded sources of a `DataSpec` (`DataSpec.load`)."""
+
+    spec: DataSpec
+    train: sources.Source
+    val: sources.Source
+
+    def config(self, preset=None):
+        """``config.json``'s ``"data"``: what a resume must find unchanged."""
+        return {"data_dir": str(self.spec.data_dir), "tfds": self.spec.tfds, "train_split": self.spec.train_split,
+                "val_split": self.spec.val_split, "class_index": self.train.class_index,
+                # The preset the recipe started from (tools/render_readme.py names runs by it).
+                "preset": preset}
 
 
 @dataclasses.dataclass
@@ -512,27 +233,31 @@ def compile_model(model, recipe, settings):
     return model
 
 
-def train(recipe, train_source, val_source, settings, stats_path=None, data_description=None, strategy=None):
+def train(recipe, data, settings, *, preset=None, stats_path=None, strategy=None, after_run=None):
     """Trains (or resumes) a run and returns its summary dict.
 
     Args:
         recipe: a `keras_alexnet.recipes.Recipe`.
-        train_source, val_source: `keras_alexnet.sources.Source` s.
+        data: `RunData`, from `DataSpec.load`.
         settings: `RunSettings`.
+        preset: the name of the preset the recipe was resolved from, saved in the config.
         stats_path: an ``.npz`` from ``python -m keras_alexnet.stats``; None computes
             (and saves) the statistics of the training source.
-        data_description: JSON-ready description of the data, saved in the config.
         strategy: a `tf.distribute.Strategy`; default `make_strategy(settings.strategy)`.
             `MultiWorkerMirroredStrategy` must be created before TensorFlow runs any op
             (before the sources are listed), so scripts create it first.
+        after_run: ``after_run(run_dir)``, called by the chief once the last epoch is
+            saved, before ``summary.json`` is written; the dict it returns is added to
+            the summary (``train.py`` draws the training curves with it:
+            `keras_alexnet.figures.record_training_curves`).
 
     Returns:
         The dict also written to ``summary.json``.
 
     Raises:
-        keras_alexnet.run_files.RunLockedError: another process is training in the directory.
-        keras_alexnet.run_files.RunWriteError: a file could not be written (a full disk).
-        keras_alexnet.run_files.RunError: a damaged run directory without a checkpoint to use.
+        keras_alexnet.runs.RunLockedError: another process is training in the directory.
+        keras_alexnet.runs.RunWriteError: a file could not be written (a full disk).
+        keras_alexnet.runs.RunError: a damaged run directory without a checkpoint to use.
         TrainingDiverged: the loss became non-finite (nothing of that epoch is saved).
     """
     run_dir = Path(settings.output_dir)
@@ -552,19 +277,20 @@ def train(recipe, train_source, val_source, settings, stats_path=None, data_desc
         keras_compat.patch_multi_worker_reduce()
     if recipe.batch_size % num_workers:
         raise ValueError(f"batch size {recipe.batch_size} is not divisible by {num_workers} workers.")
-    # One writer per directory (`keras_alexnet.run_files.RunLock`), taken before anything is
+    # One writer per directory (`keras_alexnet.runs.RunLock`), taken before anything is
     # written: the chief locks the run, worker i its own RUN/workers/<i>.
     own_dir = run_dir if is_chief else run_dir / run_files.WORKERS_DIR / str(worker_index)
     with run_files.lock_run(own_dir):
-        return _train_locked(recipe, train_source, val_source, settings, stats_path, data_description,
-                             strategy, run_dir, num_workers, worker_index, is_chief)
+        return _train_locked(recipe, data, settings, preset, stats_path, strategy, after_run,
+                             run_dir, num_workers, worker_index, is_chief)
 
 
-def _train_locked(recipe, train_source, val_source, settings, stats_path, data_description,
-                  strategy, run_dir, num_workers, worker_index, is_chief):
+def _train_locked(recipe, data, settings, preset, stats_path, strategy, after_run,
+                  run_dir, num_workers, worker_index, is_chief):
+    train_source, val_source = data.train, data.val
     config = {
         "recipe": recipe.to_dict(),
-        "data": data_description or {"train": train_source.location, "val": val_source.location},
+        "data": data.config(preset),
         "settings": dataclasses.asdict(settings),
         "num_classes": train_source.num_classes,
         "class_names": list(train_source.class_names),
@@ -622,7 +348,7 @@ def _train_locked(recipe, train_source, val_source, settings, stats_path, data_d
         initial_epoch = restore(state)
         if "divergence" in state.callbacks:
             guard.set_state(state.callbacks["divergence"])
-        print(f"Resuming {run_dir} after epoch {initial_epoch} (learning rate {_lr(model):.3g}).", flush=True)
+        print(f"Resuming {run_dir} after epoch {initial_epoch} (learning rate {learning_rate(model):.3g}).", flush=True)
 
     counter = data_lib.SkipCounter()
     callbacks.append(data_lib.SkipReport(counter, len(train_source.non_image_files)))
@@ -649,7 +375,7 @@ def _train_locked(recipe, train_source, val_source, settings, stats_path, data_d
         # the lower of its rate and the rate that diverged (so a second divergence from
         # the same checkpoint goes to a hundredth, and so on).
         guard.recoveries += 1
-        diverged_lr = _lr(model)
+        diverged_lr = learning_rate(model)
         diverged_scale = steps_schedule.scale if steps_schedule is not None else 1.0
         state = training_state.read_training_state(run_dir)
         if state is not None:
@@ -659,14 +385,14 @@ def _train_locked(recipe, train_source, val_source, settings, stats_path, data_d
             model.set_weights(weights)
             for variable in model.optimizer.variables:
                 variable.assign(keras.ops.zeros_like(variable))
-            _set_lr(model, recipe.learning_rate)
+            set_learning_rate(model, recipe.learning_rate)
             if plateau is not None:
                 plateau.set_state(plateau_state)
             history.clear()
             initial_epoch, where = 0, "the initial weights"
         checkpoint.best = min([r[MONITOR] for r in history if r.get(MONITOR) is not None] or [float("inf")])
-        old = min(_lr(model), diverged_lr)
-        _set_lr(model, old * RECOVERY_FACTOR)
+        old = min(learning_rate(model), diverged_lr)
+        set_learning_rate(model, old * RECOVERY_FACTOR)
         if steps_schedule is not None:  # it sets the rate every epoch: scale it instead
             steps_schedule.scale = min(steps_schedule.scale, diverged_scale) * RECOVERY_FACTOR
         print(f"{diverged}. Recovery {guard.recoveries}/{settings.max_recoveries}: restarting from {where} "
@@ -674,9 +400,10 @@ def _train_locked(recipe, train_source, val_source, settings, stats_path, data_d
     seconds = time.time() - start
 
     summary = summarize(run_dir, history, train_source, val_source, seconds, counter)
-    summary["data_dir"] = (config["data"] or {}).get("data_dir")
+    summary["data_dir"] = config["data"]["data_dir"]
     if is_chief:
-        summary["curves"] = write_curves(run_dir, history)
+        if after_run is not None:
+            summary.update(after_run(run_dir))
         run_files.write_summary(run_dir, summary)
     return summary
 
@@ -711,20 +438,6 @@ def _fit_phases(model, recipe, settings, train_source, val_source, stats, counte
                 callbacks=callbacks,
                 verbose=settings.verbose,
             )
-
-
-def write_curves(run_dir, history):
-    """Draws the run's training curves into ``figures/training_curves.png``; its path,
-    or None when they cannot be drawn (said, never fatal: the models are saved)."""
-    from keras_alexnet import visualize
-
-    path = Path(run_dir) / run_files.FIGURES_DIR / "training_curves.png"
-    try:
-        visualize.plot_training_curves(run_files.read_metrics(run_dir), path, title=f"Training curves: {run_dir}")
-    except (OSError, ValueError) as e:
-        print(f"Could not draw the training curves into {path}: {e}")
-        return None
-    return str(path)
 
 
 def format_summary(summary):

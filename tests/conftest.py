@@ -22,16 +22,12 @@ def shared_data():
 def train_tiny_run(run_dir, data_dir, **recipe_overrides):
     """Trains a real run of the ``tiny`` preset through `keras_alexnet.training.train`
     (a couple of steps: a run directory exactly as train.py writes it)."""
-    from keras_alexnet import recipes, sources, training
+    from keras_alexnet import recipes, training
 
     recipe = recipes.resolve("tiny", dict(dict(epochs=2), **recipe_overrides))
-    train_source = sources.load_source(data_dir, "train")
-    val_source = sources.load_source(data_dir, "val", class_names=train_source.class_names)
     settings = training.RunSettings(output_dir=str(run_dir), max_steps_per_epoch=2, verbose=0,
                                     precision="float32")
-    description = {"data_dir": str(data_dir), "tfds": None, "train_split": "train", "val_split": "val",
-                   "class_index": train_source.class_index, "preset": "tiny"}
-    training.train(recipe, train_source, val_source, settings, None, description)
+    training.train(recipe, training.DataSpec(str(data_dir)).load(), settings, preset="tiny")
     return Path(run_dir)
 
 

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import keras
 
-from keras_alexnet import training
+from keras_alexnet import callbacks
 
 kind, _, rest = os.environ["FAULT"].partition(":")
 if kind == "lr":
@@ -28,13 +28,13 @@ if kind == "lr":
 
     jumped = []
 
-    def on_epoch_begin(self, e, logs=None, _orig=training.EpochInfo.on_epoch_begin):
+    def on_epoch_begin(self, e, logs=None, _orig=callbacks.EpochInfo.on_epoch_begin):
         if e + 1 == int(epoch) and not jumped:  # once (a recovery redoes the epoch)
             jumped.append(e)
-            training._set_lr(self.model, float(value))
+            callbacks.set_learning_rate(self.model, float(value))
         _orig(self, e, logs)
 
-    training.EpochInfo.on_epoch_begin = on_epoch_begin
+    callbacks.EpochInfo.on_epoch_begin = on_epoch_begin
 elif kind == "enospc-save":
     real_save = keras.Model.save
 
@@ -62,13 +62,13 @@ elif kind == "enospc-replace":
 elif kind == "wait":
     import time
 
-    def on_epoch_begin(self, e, logs=None, _orig=training.EpochInfo.on_epoch_begin):
+    def on_epoch_begin(self, e, logs=None, _orig=callbacks.EpochInfo.on_epoch_begin):
         deadline = time.time() + 600
         while e == 0 and not Path(rest).exists() and time.time() < deadline:
             time.sleep(0.1)
         _orig(self, e, logs)
 
-    training.EpochInfo.on_epoch_begin = on_epoch_begin
+    callbacks.EpochInfo.on_epoch_begin = on_epoch_begin
 else:
     raise SystemExit(f"unknown FAULT {kind!r}")
 

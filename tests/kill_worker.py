@@ -16,7 +16,7 @@ from pathlib import Path
 
 import keras
 
-from keras_alexnet import training
+from keras_alexnet import callbacks
 
 
 def die():
@@ -57,12 +57,12 @@ elif kind == "batch":
         if self._epoch == epoch and b + 1 == batch:
             die()
 
-    def on_epoch_begin(self, e, logs=None, _orig=training.EpochInfo.on_epoch_begin):
+    def on_epoch_begin(self, e, logs=None, _orig=callbacks.EpochInfo.on_epoch_begin):
         self._epoch = e + 1
         _orig(self, e, logs)
 
-    training.EpochInfo.on_train_batch_end = on_train_batch_end
-    training.EpochInfo.on_epoch_begin = on_epoch_begin
+    callbacks.EpochInfo.on_train_batch_end = on_train_batch_end
+    callbacks.EpochInfo.on_epoch_begin = on_epoch_begin
 
 sys.argv = ["train.py", *sys.argv[1:]]
 runpy.run_path(str(Path(__file__).resolve().parents[1] / "train.py"), run_name="__main__")

@@ -139,18 +139,18 @@ def test_checkpoint_refuses_a_non_finite_epoch():
     weights NaN logs a finite loss)."""
     import keras
 
-    from keras_alexnet import training
+    from keras_alexnet import callbacks
 
     class Model:
         weights = [keras.Variable(np.ones(3, np.float32), name="w")]
         optimizer = keras.optimizers.SGD(0.1)
 
-    training.check_finite(Model(), {"loss": 1.0, "val_loss": 2.0}, 1)
-    with pytest.raises(training.TrainingDiverged, match="val_loss nan at the end of epoch 4"):
-        training.check_finite(Model(), {"loss": 1.0, "val_loss": float("nan")}, 4)
+    callbacks.check_finite(Model(), {"loss": 1.0, "val_loss": 2.0}, 1)
+    with pytest.raises(callbacks.TrainingDiverged, match="val_loss nan at the end of epoch 4"):
+        callbacks.check_finite(Model(), {"loss": 1.0, "val_loss": float("nan")}, 4)
     Model.weights[0].assign([1.0, np.inf, 0.0])
-    with pytest.raises(training.TrainingDiverged, match="weights of w not finite"):
-        training.check_finite(Model(), {"loss": 1.0}, 2)
+    with pytest.raises(callbacks.TrainingDiverged, match="weights of w not finite"):
+        callbacks.check_finite(Model(), {"loss": 1.0}, 2)
 
 
 # One writer per run directory ----------------------------------------------------------

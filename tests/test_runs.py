@@ -16,15 +16,14 @@ PACKAGE = Path(__file__).resolve().parents[1] / "keras_alexnet"
 # The layers, bottom first: a module may import only modules of its own layer or below.
 LAYERS = [
     {"console", "keras_compat", "imagenet", "recipes", "synthetic", "metrics", "images",
-     "weight_readers", "variants"},
+     "weight_readers", "variants", "hardware", "analysis"},
     {"layers", "preprocessing", "sources"},
     {"model", "data", "weight_files"},
     {"stats"},
     {"run_files"},
     {"training_state", "runs"},
-    {"evaluation", "applications"},
-    {"visualize"},  # draws; training uses it for the curves at the end of every run
-    {"training"},
+    {"evaluation", "applications", "callbacks", "activations"},
+    {"training", "figures"},  # figures reach training only as train.py's after_run hook
     {"notebook_utils", "__init__", "export", "convert"},
 ]
 

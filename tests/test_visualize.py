@@ -1,5 +1,7 @@
-"""The visualisation module: its NumPy cores against independent transcriptions, what the
-model functions return, and that every figure and the command write real PNGs."""
+"""The figures: their NumPy cores (`keras_alexnet.analysis`) against independent
+transcriptions, what the model functions return (`keras_alexnet.activations`), and that
+every figure (`keras_alexnet.figures`) and the command (`keras_alexnet.visualize`) write
+real PNGs."""
 
 import os
 import shutil
@@ -13,7 +15,8 @@ import pytest
 from matplotlib.figure import Figure
 
 import keras_alexnet
-from keras_alexnet import evaluation, imagenet, preprocessing as pre_lib, run_files, runs, sources, visualize as viz
+from keras_alexnet import activations, analysis, evaluation, figures, imagenet, run_files, runs, sources, visualize
+from keras_alexnet import preprocessing as pre_lib
 from keras_alexnet.model import towers_to_grouped
 
 TINY = dict(input_shape=(67, 67, 3), classes=10, fc_units=64, seed=0)
@@ -49,7 +52,7 @@ def assert_png(path, fig, min_std=0.02):
     """A PNG of the figure's size (inches x DPI) that is not blank."""
     assert path.is_file(), path
     pixels = matplotlib.image.imread(path)
-    width, height = fig.get_size_inches() * viz.DPI
+    width, height = fig.get_size_inches() * figures.DPI
     # Matplotlib truncates to whole pixels.
     assert abs(pixels.shape[0] - height) < 1 and abs(pixels.shape[1] - width) < 1
     assert float(pixels[..., :3].std()) > min_std
@@ -60,7 +63,7 @@ def assert_png(path, fig, min_std=0.02):
 
 
 def test_conv1_kernels_tower_a_first(towers):
-    kernels = viz.conv1_kernels(towers)
+    kernels = activations.conv1_kernels(towers)
     assert kernels.shape == (96, 11, 11, 3)
     a = np.asarray(towers.get_layer("conv1_a").layer.kernel)  # (11, 11, 3, 48)
     b = np.asarray(towers.get_layer("conv1_b").layer.kernel)
@@ -74,25 +77,25 @@ def test_conv1_kernels_tower_a_first(towers):
 def test_conv1_kernels_one_device_layouts(grouping, towers, grouped):
     model = grouped if grouping == "grouped" else keras_alexnet.AlexNet(grouping="none", **TINY)
     kernel = np.asarray(model.get_layer("conv1").kernel)  # (11, 11, 3, 96)
-    kernels = viz.conv1_kernels(model)
+    kernels = activations.conv1_kernels(model)
     assert kernels.shape == (96, 11, 11, 3)
     for i in range(96):
         np.testing.assert_array_equal(kernels[i], kernel[..., i])
     if grouping == "grouped":  # the same weights as the towers, in the same order
-        np.testing.assert_array_equal(kernels, viz.conv1_kernels(towers))
-    assert viz.model_layout(model) == grouping
+        np.testing.assert_array_equal(kernels, activations.conv1_kernels(towers))
+    assert activations.model_layout(model) == grouping
 
 
 def test_kernel_grid_is_independent_of_input_size():
     full = keras_alexnet.AlexNet(classes=10, fc_units=64, seed=0, include_top=False)
-    assert viz.conv1_kernels(full).shape == (96, 11, 11, 3)
+    assert activations.conv1_kernels(full).shape == (96, 11, 11, 3)
 
 
 def test_normalise_per_kernel():
     rng = np.random.default_rng(0)
     k = rng.normal(size=(5, 11, 11, 3)) * np.arange(1, 6)[:, None, None, None]
     k = np.concatenate([k, np.full((1, 11, 11, 3), 7.0)])
-    n = viz.normalise_per_kernel(k)
+    n = analysis.normalise_per_kernel(k)
     np.testing.assert_allclose(n[:5].reshape(5, -1).min(axis=1), 0, atol=1e-7)
     np.testing.assert_allclose(n[:5].reshape(5, -1).max(axis=1), 1, atol=1e-7)
     np.testing.assert_array_equal(n[5], 0.5)  # a constant kernel
@@ -102,14 +105,14 @@ def test_normalise_per_kernel():
 
 def test_tile():
     images = np.arange(5 * 2 * 3, dtype=np.float32).reshape(5, 2, 3)
-    grid = viz.tile(images, cols=2, pad=1, pad_value=-1)
+    grid = analysis.tile(images, cols=2, pad=1, pad_value=-1)
     assert grid.shape == (3 * 3 - 1, 2 * 4 - 1)
     np.testing.assert_array_equal(grid[0:2, 0:3], images[0])
     np.testing.assert_array_equal(grid[0:2, 4:7], images[1])
     np.testing.assert_array_equal(grid[6:8, 0:3], images[4])
     assert np.all(grid[6:8, 4:7] == -1)  # the empty sixth cell
     assert np.all(grid[2] == -1) and np.all(grid[:, 3] == -1)
-    assert viz.tile(np.zeros((48, 11, 11, 3)), cols=12).shape == (4 * 12 - 1, 12 * 12 - 1, 3)
+    assert analysis.tile(np.zeros((48, 11, 11, 3)), cols=12).shape == (4 * 12 - 1, 12 * 12 - 1, 3)
 
 
 # ---------------------------------------------------------------------------------------
@@ -139,7 +142,7 @@ def test_colour_specificity_hand_made_kernels():
     blob = np.zeros((11, 11, 3))
     blob[3:8, 3:8] = (1.0, 0.2, 0.1)  # a reddish blob
     kernels = np.stack([grey, red_only, opponent, grey_plus_offset, blob, 0 * grey])
-    got = viz.colour_specificity(kernels)
+    got = analysis.colour_specificity(kernels)
     assert got.shape == (6,)
     np.testing.assert_allclose(got[:4], [0.0, 2 / 3, 1.0, 0.0], atol=1e-12)
     assert 0.3 < got[4] < 2 / 3  # coloured, but with a grey component
@@ -147,17 +150,17 @@ def test_colour_specificity_hand_made_kernels():
     for k, g in zip(kernels[:5], got[:5]):
         np.testing.assert_allclose(g, colour_specificity_reference(k), atol=1e-12)
         # Invariant to the kernel's scale and sign, as a display-independent measure.
-        np.testing.assert_allclose(viz.colour_specificity(-3.5 * k), g, atol=1e-12)
+        np.testing.assert_allclose(analysis.colour_specificity(-3.5 * k), g, atol=1e-12)
     # One kernel on its own, without a batch axis.
-    assert viz.colour_specificity(red_only).shape == ()
+    assert analysis.colour_specificity(red_only).shape == ()
 
 
 def test_colour_specificity_of_random_weights_is_two_thirds():
     rng = np.random.default_rng(1)
     k = rng.normal(0, 0.01, size=(2000, 11, 11, 3))
-    assert abs(viz.colour_specificity(k).mean() - viz.RANDOM_COLOUR_SPECIFICITY) < 0.01
+    assert abs(analysis.colour_specificity(k).mean() - analysis.RANDOM_COLOUR_SPECIFICITY) < 0.01
     with pytest.raises(ValueError):
-        viz.colour_specificity(np.zeros((4, 11, 11, 4)))
+        analysis.colour_specificity(np.zeros((4, 11, 11, 4)))
 
 
 # ---------------------------------------------------------------------------------------
@@ -174,16 +177,16 @@ def test_nearest_neighbours_equal_brute_force():
         d = np.array([np.sqrt(np.sum((query[i] - base[j]) ** 2)) for j in range(len(base))])
         expected[i] = np.argsort(d, kind="stable")[:k]
         expected_d[i] = d[expected[i]]
-    idx, dist = viz.nearest_neighbours(query, base, k, return_distances=True)
+    idx, dist = analysis.nearest_neighbours(query, base, k, return_distances=True)
     np.testing.assert_array_equal(idx, expected)
     np.testing.assert_allclose(dist, expected_d, rtol=1e-9)
-    np.testing.assert_array_equal(viz.nearest_neighbours(query, base, k), expected)
+    np.testing.assert_array_equal(analysis.nearest_neighbours(query, base, k), expected)
     # A query that is in the base set finds itself first, at distance 0.
-    idx, dist = viz.nearest_neighbours(base[[3, 17]], base, 2, return_distances=True)
+    idx, dist = analysis.nearest_neighbours(base[[3, 17]], base, 2, return_distances=True)
     np.testing.assert_array_equal(idx[:, 0], [3, 17])
     np.testing.assert_allclose(dist[:, 0], 0, atol=1e-6)
     with pytest.raises(ValueError):
-        viz.nearest_neighbours(query, base[:3], k=4)
+        analysis.nearest_neighbours(query, base[:3], k=4)
 
 
 def test_top_k():
@@ -197,7 +200,7 @@ def test_top_k():
 
 def test_top5_of_the_model(towers, images):
     names = [f"class{i}" for i in range(10)]
-    got = viz.top5(towers, images, names, preprocess=centred)
+    got = activations.top5(towers, images, names, preprocess=centred)
     probs = np.asarray(towers(centred(images), training=False))
     assert len(got) == len(images)
     for row, p in zip(got, probs):
@@ -210,21 +213,21 @@ def conv_output_size(n, kernel, stride, pad):
 
 
 def test_feature_maps_shapes(towers, grouped, images):
-    # The paper's conv stack (§3.5) on a 67x67 input, from the arithmetic of each layer.
+    # The paper's conv stack (docs/paper.md §3.5) on a 67x67 input, from the arithmetic of each layer.
     s1 = conv_output_size(67, 11, 4, 0)  # conv1
     p1 = conv_output_size(s1, 3, 2, 0)  # pool1; conv2 keeps the size ("same")
     p2 = conv_output_size(p1, 3, 2, 0)  # pool2; conv3 - conv5 keep it
     sizes = {"conv1": (s1, 48), "conv2": (p1, 128), "conv3": (p2, 192), "conv4": (p2, 192), "conv5": (p2, 128)}
-    maps = viz.feature_maps(towers, centred(images[0]))
-    assert list(maps) == [f"{n}_{t}" for n in viz.CONV_NAMES for t in "ab"]
+    maps = activations.feature_maps(towers, centred(images[0]))
+    assert list(maps) == [f"{n}_{t}" for n in activations.CONV_NAMES for t in "ab"]
     for name, m in maps.items():
         size, channels = sizes[name[:5]]
         assert m.shape == (size, size, channels), name
         assert m.min() >= 0  # ReLU outputs
     # The grouped layout with the same weights: tower a is the first half of each layer.
-    one = viz.feature_maps(grouped, centred(images[:1]))
-    assert list(one) == list(viz.CONV_NAMES)
-    for name in viz.CONV_NAMES:
+    one = activations.feature_maps(grouped, centred(images[:1]))
+    assert list(one) == list(activations.CONV_NAMES)
+    for name in activations.CONV_NAMES:
         size, channels = sizes[name]
         assert one[name].shape == (size, size, 2 * channels)
         np.testing.assert_allclose(one[name][..., :channels], maps[f"{name}_a"], rtol=1e-4, atol=1e-4)
@@ -233,7 +236,7 @@ def test_feature_maps_shapes(towers, grouped, images):
 
 def test_fc7_features_are_fc7_after_relu_in_inference_mode(towers, images):
     x = centred(images)
-    feats = viz.fc7_features(towers, x, batch_size=3)
+    feats = activations.fc7_features(towers, x, batch_size=3)
     assert feats.shape == (4, 64)
     cut = keras.Model(towers.input, towers.get_layer("fc7").output)
     np.testing.assert_allclose(feats, np.asarray(cut(x, training=False)), rtol=1e-5, atol=1e-6)
@@ -242,8 +245,8 @@ def test_fc7_features_are_fc7_after_relu_in_inference_mode(towers, images):
     w, b = towers.get_layer("fc7").get_weights()
     np.testing.assert_allclose(feats, np.maximum(fc6 @ w + b, 0), rtol=1e-4, atol=1e-5)
     # No dropout: the same numbers every time and whatever the batching.
-    np.testing.assert_array_equal(feats, viz.fc7_features(towers, x, batch_size=3))
-    np.testing.assert_allclose(feats, viz.fc7_features(towers, images, preprocess=centred), rtol=1e-6)
+    np.testing.assert_array_equal(feats, activations.fc7_features(towers, x, batch_size=3))
+    np.testing.assert_allclose(feats, activations.fc7_features(towers, images, preprocess=centred), rtol=1e-6)
 
 
 # ---------------------------------------------------------------------------------------
@@ -252,28 +255,28 @@ def test_fc7_features_are_fc7_after_relu_in_inference_mode(towers, images):
 
 def test_plot_conv1_filters_and_colour_specificity(towers, grouped, tmp_path):
     for model, tag in ((towers, "towers"), (grouped, "grouped")):
-        fig = viz.plot_conv1_filters(model, tmp_path / f"f_{tag}.png")
+        fig = figures.plot_conv1_filters(model, tmp_path / f"f_{tag}.png")
         assert isinstance(fig, Figure)
         assert_png(tmp_path / f"f_{tag}.png", fig, min_std=0.1)
-        fig = viz.plot_colour_specificity(model, tmp_path / f"c_{tag}.png")
+        fig = figures.plot_colour_specificity(model, tmp_path / f"c_{tag}.png")
         assert_png(tmp_path / f"c_{tag}.png", fig)
     # Without a path nothing is written and the figure is returned.
-    assert isinstance(viz.plot_conv1_filters(towers), Figure)
+    assert isinstance(figures.plot_conv1_filters(towers), Figure)
 
 
 def test_plot_activations(towers, grouped, images, tmp_path):
     for model, tag in ((towers, "towers"), (grouped, "grouped")):
-        fig = viz.plot_activations(model, images[0], tmp_path / f"a_{tag}.png", max_maps=8, preprocess=centred)
+        fig = figures.plot_activations(model, images[0], tmp_path / f"a_{tag}.png", max_maps=8, preprocess=centred)
         assert_png(tmp_path / f"a_{tag}.png", fig)
 
 
 def test_plot_predictions_and_neighbours(towers, images, tmp_path):
     names = [f"class {i}" for i in range(10)]
-    fig = viz.plot_predictions(towers, images, names, tmp_path / "p.png", labels=names[:4], preprocess=centred)
+    fig = figures.plot_predictions(towers, images, names, tmp_path / "p.png", labels=names[:4], preprocess=centred)
     assert_png(tmp_path / "p.png", fig)
-    feats = viz.fc7_features(towers, images, preprocess=centred)
-    idx, dist = viz.nearest_neighbours(feats[:2], feats, 3, return_distances=True)
-    fig = viz.plot_neighbours(images[:2], images, idx, tmp_path / "n.png", distances=dist)
+    feats = activations.fc7_features(towers, images, preprocess=centred)
+    idx, dist = analysis.nearest_neighbours(feats[:2], feats, 3, return_distances=True)
+    fig = figures.plot_neighbours(images[:2], images, idx, tmp_path / "n.png", distances=dist)
     assert_png(tmp_path / "n.png", fig)
 
 
@@ -284,12 +287,12 @@ def test_figures_of_real_photos(towers, shared_data, tmp_path):
     assert photos.shape == (3, 67, 67, 3) and photos.min() >= 0 and photos.max() <= 255
     words = imagenet.imagenet_synset_words()
     labels = [words[f.parent.name] for f in files]
-    fig = viz.plot_predictions(towers, photos, labels + ["x"] * 7, tmp_path / "p.png", labels=labels, preprocess=centred)
+    fig = figures.plot_predictions(towers, photos, labels + ["x"] * 7, tmp_path / "p.png", labels=labels, preprocess=centred)
     assert_png(tmp_path / "p.png", fig)
-    feats = viz.fc7_features(towers, photos, preprocess=centred)
-    idx = viz.nearest_neighbours(feats, feats, 2)
+    feats = activations.fc7_features(towers, photos, preprocess=centred)
+    idx = analysis.nearest_neighbours(feats, feats, 2)
     np.testing.assert_array_equal(idx[:, 0], [0, 1, 2])
-    fig = viz.plot_neighbours(photos, photos, idx, tmp_path / "n.png")
+    fig = figures.plot_neighbours(photos, photos, idx, tmp_path / "n.png")
     assert_png(tmp_path / "n.png", fig)
 
 
@@ -320,8 +323,9 @@ def test_read_metrics_and_training_curves(tmp_path):
     metrics = run_files.read_metrics(tmp_path)  # a run directory
     assert set(metrics) == {"epoch", "loss", "top1_error", "top5_error", "val_loss", "val_top1_error", "val_top5_error", "lr"}
     np.testing.assert_array_equal(metrics["lr"], [0.01, 0.01, 0.001, 0.0001])
-    fig = viz.plot_training_curves(metrics, tmp_path / "curves.png")
+    fig = figures.plot_training_curves(metrics, tmp_path / "curves.png", title="Training curves: runs/x")
     assert_png(tmp_path / "curves.png", fig)
+    assert fig.get_suptitle() == "Training curves: runs/x"  # the run's, not the last panel's
     titles = [ax.get_title() for ax in fig.axes]
     assert titles == ["loss", "top-1 error", "top-5 error", "learning rate"]
     assert fig.axes[3].get_yscale() == "log"
@@ -334,19 +338,33 @@ def test_training_curves_accept_accuracy_columns_and_missing_ones(tmp_path):
         "epoch,loss,top1_accuracy,val_top5_accuracy,learning_rate\n"
         "0,2.3,0.10,0.50,0.01\n1,2.0,0.30,0.70,\n2,1.8,0.45,0.85,0.001\n"
     )
-    series = viz.training_series(run_files.read_metrics(path))
+    series = analysis.training_series(run_files.read_metrics(path))
     np.testing.assert_allclose(series["top1"]["train"], [0.9, 0.7, 0.55])
     assert series["top1"]["val"] is None and series["top1"]["from_accuracy"]
     np.testing.assert_allclose(series["top5"]["val"], [0.5, 0.3, 0.15])
     assert np.isnan(series["lr"][1])  # an empty cell
-    fig = viz.plot_training_curves(run_files.read_metrics(path), tmp_path / "curves.png")
+    fig = figures.plot_training_curves(run_files.read_metrics(path), tmp_path / "curves.png")
     assert_png(tmp_path / "curves.png", fig)
+    assert fig.get_suptitle() == "Training curves"  # the default title
     assert [ax.get_title() for ax in fig.axes if ax.axison] == [
         "loss", "top-1 error (1 - accuracy)", "top-5 error (1 - accuracy)", "learning rate",
     ]
     (tmp_path / "nothing.csv").write_text("epoch,foo\n1,2\n")
     with pytest.raises(ValueError, match="nothing.csv"):
-        viz.plot_training_curves(run_files.read_metrics(tmp_path / "nothing.csv"), title="nothing.csv")
+        figures.plot_training_curves(run_files.read_metrics(tmp_path / "nothing.csv"), title="nothing.csv")
+
+
+def test_record_training_curves_draws_into_the_run(tmp_path, capsys):
+    """The hook train.py gives `training.train`: the run's curves, titled with the run."""
+    (tmp_path / "metrics.csv").write_text(WRITE_CSV)
+    written = figures.record_training_curves(tmp_path)
+    path = tmp_path / run_files.FIGURES_DIR / "training_curves.png"
+    assert written == {"curves": str(path)}
+    image = matplotlib.image.imread(path)
+    assert image.shape[0] > 100 and image.shape[1] > 100
+    # Without metrics it says so and returns None for the path (never fatal).
+    assert figures.record_training_curves(tmp_path / "empty") == {"curves": None}
+    assert "Could not draw the training curves" in capsys.readouterr().out
 
 
 # ---------------------------------------------------------------------------------------
@@ -355,13 +373,13 @@ def test_training_curves_accept_accuracy_columns_and_missing_ones(tmp_path):
 
 def test_command_writes_every_figure(tiny_run, tiny_data, tmp_path, capsys):
     out = tmp_path / "figures"
-    written = viz.main([
+    written = visualize.main([
         "--run", str(tiny_run), "--out", str(out), "--images", str(tiny_data / "val"),
         "--neighbours-from", str(tiny_data / "train"), "--max-base", "10", "--k", "3",
     ])
-    assert [p.name for p in written] == list(viz.FIGURES)  # what the README promises, in order
+    assert [p.name for p in written] == list(visualize.FIGURES)  # what the README promises, in order
     printed = capsys.readouterr().out
-    for name in viz.FIGURES:
+    for name in visualize.FIGURES:
         assert f"wrote {out / name}" in printed
         assert float(matplotlib.image.imread(out / name)[..., :3].std()) > 0.02
     recipe = runs.open_run(tiny_run).recipe
@@ -375,7 +393,7 @@ def test_command_writes_only_what_its_inputs_allow(tiny_run, tmp_path, capsys):
     shutil.copytree(tiny_run, run)
     (run / "metrics.csv").unlink()
     (run / "best.keras").unlink()  # falls back to last.keras
-    written = viz.main(["--run", str(run)])
+    written = visualize.main(["--run", str(run)])
     assert [p.name for p in written] == ["conv1_filters.png", "conv1_filters_change.png", "colour_specificity.png"]
     assert all(p.parent == run / "figures" for p in written)
     printed = capsys.readouterr().out
@@ -391,24 +409,24 @@ def test_conv1_change_is_trained_minus_initial(towers):
 
     zero = keras_alexnet.AlexNet(**TINY)
     zero.set_weights([np.zeros_like(w) for w in towers.get_weights()])
-    plain = viz.plot_conv1_filters(towers)
-    change = viz.plot_conv1_filters(towers, initial=zero)
+    plain = figures.plot_conv1_filters(towers)
+    change = figures.plot_conv1_filters(towers, initial=zero)
     assert "minus their initial values" in change._suptitle.get_text()
     for a, b in zip(mosaics(plain), mosaics(change)):
         np.testing.assert_allclose(a, b, atol=1e-6)
     rng = np.random.default_rng(0)
     shifted = keras_alexnet.AlexNet(**TINY)
     shifted.set_weights([w + rng.normal(0, 0.05, w.shape).astype(w.dtype) for w in towers.get_weights()])
-    assert not np.allclose(mosaics(plain)[0], mosaics(viz.plot_conv1_filters(towers, initial=shifted))[0])
+    assert not np.allclose(mosaics(plain)[0], mosaics(figures.plot_conv1_filters(towers, initial=shifted))[0])
 
 
 def test_command_missing_run_or_model_names_the_path(tmp_path):
     missing = tmp_path / "no_such_run"
     with pytest.raises(FileNotFoundError, match="no_such_run"):
-        viz.main(["--run", str(missing), "--out", str(tmp_path / "out")])
+        visualize.main(["--run", str(missing), "--out", str(tmp_path / "out")])
     (tmp_path / "empty_run").mkdir()
     with pytest.raises(run_files.RunNotFoundError, match=r"empty_run.*best\.keras.*last\.keras"):
-        viz.main(["--run", str(tmp_path / "empty_run")])
+        visualize.main(["--run", str(tmp_path / "empty_run")])
     assert not (tmp_path / "out").exists()
     # From the shell: one line naming the path, no traceback.
     result = subprocess.run(

@@ -224,7 +224,7 @@ def check_finite(model, logs, epoch, steps=None):
 
 class SaveTrainingState(keras.callbacks.Callback):
     """Writes the training state of a run at the end of every epoch, kill-safe
-    (`keras_alexnet.runs.save_training_state`: model and state, ``best.keras``,
+    (`keras_alexnet.training_state.save_training_state`: model and state, ``best.keras``,
     ``last.keras``, ``metrics.csv``, then the pointer).
 
     Args:

@@ -105,7 +105,7 @@ class DataSpec:
         follow the training source's order.
 
         Raises:
-            keras_alexnet.data.DatasetError (a ValueError), FileNotFoundError: missing or
+            keras_alexnet.sources.DatasetError (a ValueError), FileNotFoundError: missing or
                 bad data, or a validation split with another number of classes.
         """
         kwargs = dict(tfds_name=self.tfds, manual_dir=self.manual_dir, class_index=self.class_index)
@@ -255,8 +255,8 @@ def train(recipe, data, settings, *, preset=None, stats_path=None, strategy=None
         The dict also written to ``summary.json``.
 
     Raises:
-        keras_alexnet.runs.RunLockedError: another process is training in the directory.
-        keras_alexnet.runs.RunWriteError: a file could not be written (a full disk).
+        keras_alexnet.run_files.RunLockedError: another process is training in the directory.
+        keras_alexnet.run_files.RunWriteError: a file could not be written (a full disk).
         keras_alexnet.runs.RunError: a damaged run directory without a checkpoint to use.
         TrainingDiverged: the loss became non-finite (nothing of that epoch is saved).
     """
@@ -277,7 +277,7 @@ def train(recipe, data, settings, *, preset=None, stats_path=None, strategy=None
         keras_compat.patch_multi_worker_reduce()
     if recipe.batch_size % num_workers:
         raise ValueError(f"batch size {recipe.batch_size} is not divisible by {num_workers} workers.")
-    # One writer per directory (`keras_alexnet.runs.RunLock`), taken before anything is
+    # One writer per directory (`keras_alexnet.run_files.RunLock`), taken before anything is
     # written: the chief locks the run, worker i its own RUN/workers/<i>.
     own_dir = run_dir if is_chief else run_dir / run_files.WORKERS_DIR / str(worker_index)
     with run_files.lock_run(own_dir):

@@ -62,7 +62,7 @@ def _parser():
 
 def main(argv=None):
     """The command; returns the list of files written. Raises
-    `keras_alexnet.runs.RunError` (or a `keras_alexnet.data.DatasetError`) naming the
+    `keras_alexnet.run_files.RunError` (or a `keras_alexnet.sources.DatasetError`) naming the
     path when the run, its model or an image path is missing."""
     from keras_alexnet import runs, sources
 

@@ -15,7 +15,7 @@ import numpy as np
 import keras
 import tensorflow as tf
 
-from keras_alexnet.evaluation import top_k
+from keras_alexnet.evaluation import probabilities, top_k
 from keras_alexnet.layers import GroupedConv2D, OnDevice
 from keras_alexnet.model import outputs_probabilities
 
@@ -133,11 +133,7 @@ def predict_probs(model, images, preprocess=None, batch_size=32):
     (`keras_alexnet.model.outputs_probabilities` is False) gets a softmax."""
     _, x = model_inputs(images, preprocess)
     (y,) = _run(model, x, batch_size)
-    y = y.astype(np.float64)
-    if not outputs_probabilities(model):
-        y = np.exp(y - y.max(axis=1, keepdims=True))
-        y /= y.sum(axis=1, keepdims=True)
-    return y
+    return probabilities(y.astype(np.float64), not outputs_probabilities(model)).numpy()
 
 
 def top5(model, images, class_names, k=5, preprocess=None, batch_size=32):

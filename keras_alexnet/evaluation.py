@@ -102,9 +102,13 @@ def topk_counts(probs, labels, k):
 # Predicting
 
 
+def probabilities(outputs, from_logits):
+    """Class probabilities from a model's outputs: the softmax of logits, else as they are."""
+    return tf.nn.softmax(outputs, axis=-1) if from_logits else tf.convert_to_tensor(outputs)
+
+
 def _softmax_of(model, images, from_logits):
-    y = tf.cast(model(images, training=False), tf.float32)
-    return tf.nn.softmax(y, axis=-1) if from_logits else y
+    return probabilities(tf.cast(model(images, training=False), tf.float32), from_logits)
 
 
 def _ten_crop_softmax(model, crops, from_logits):

@@ -27,7 +27,7 @@ def free_ports(n):
     return ports
 
 
-@pytest.mark.e2e
+@pytest.mark.slow
 def test_two_workers_train_together_and_end_with_identical_weights(tmp_path):
     data_dir = synthetic.make_dataset(tmp_path / "data", num_classes=3, train_per_class=16, val_per_class=4, size=64)
     # An undecodable file listed first: it is in worker 0's shard (every 2nd file from the

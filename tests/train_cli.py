@@ -1,0 +1,34 @@
+"""``python train.py ARGV`` in the test's own process: its exit status, stdout and stderr,
+without starting Python and TensorFlow again for every run. Tests whose point is the
+process itself (kills, the lock between two processes, the console, the status a shell
+sees for each exit code) start train.py as a subprocess instead."""
+
+import contextlib
+import importlib.util
+import io
+from pathlib import Path
+
+import keras
+
+REPO = Path(__file__).resolve().parents[1]
+
+_spec = importlib.util.spec_from_file_location("train_script", REPO / "train.py")
+train_script = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(train_script)
+
+
+def main(argv):
+    """(exit status, stdout, stderr) of ``train.main(argv)``; an exception escaping it (what
+    a user would see as a traceback) fails the calling test."""
+    out, err = io.StringIO(), io.StringIO()
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                code = train_script.main([str(a) for a in argv])
+            except SystemExit as e:  # argparse's errors
+                code = e.code
+    finally:
+        # train sets the global dtype policy (bf16 where the CPU computes it): not for the
+        # tests that run after this one in the same process.
+        keras.mixed_precision.set_global_policy("float32")
+    return code, out.getvalue(), err.getvalue()

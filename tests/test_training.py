@@ -131,8 +131,9 @@ def test_presets_are_data_with_sources():
 
 # Whole runs through train.py's main (in this process: see tests/train_cli.py) ----------
 
+# float32 unless a test says otherwise: the cheapest precision to trace and run at this size.
 TINY_FLAGS = ["--preset", "tiny", "--resize-size", "72", "--crop-size", "67", "--fc-units", "32",
-              "--batch-size", "8", "--quiet"]
+              "--batch-size", "8", "--quiet", "--precision", "float32"]
 
 
 @pytest.fixture(scope="module")

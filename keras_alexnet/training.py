@@ -269,7 +269,6 @@ def train(recipe, data, settings, *, preset=None, stats_path=None, strategy=None
         if settings.xla:
             print("XLA: on (bf16 on a CPU without bf16 instructions runs >2x faster with XLA; "
                   "--xla off to disable).", flush=True)
-    keras.mixed_precision.set_global_policy(settings.precision)
     if strategy is None:
         strategy = make_strategy(settings.strategy)
     num_workers, worker_index, is_chief = worker_info(strategy)
@@ -277,12 +276,19 @@ def train(recipe, data, settings, *, preset=None, stats_path=None, strategy=None
         keras_compat.patch_multi_worker_reduce()
     if recipe.batch_size % num_workers:
         raise ValueError(f"batch size {recipe.batch_size} is not divisible by {num_workers} workers.")
+    # The precision is the run's, not the process's: the caller's policy comes back after it
+    # (a notebook or test that trains, then evaluates, evaluates in its own precision).
+    callers_policy = keras.mixed_precision.global_policy()
+    keras.mixed_precision.set_global_policy(settings.precision)
     # One writer per directory (`keras_alexnet.run_files.RunLock`), taken before anything is
     # written: the chief locks the run, worker i its own RUN/workers/<i>.
     own_dir = run_dir if is_chief else run_dir / run_files.WORKERS_DIR / str(worker_index)
-    with run_files.lock_run(own_dir):
-        return _train_locked(recipe, data, settings, preset, stats_path, strategy, after_run,
-                             run_dir, num_workers, worker_index, is_chief)
+    try:
+        with run_files.lock_run(own_dir):
+            return _train_locked(recipe, data, settings, preset, stats_path, strategy, after_run,
+                                 run_dir, num_workers, worker_index, is_chief)
+    finally:
+        keras.mixed_precision.set_global_policy(callers_policy)
 
 
 def _train_locked(recipe, data, settings, preset, stats_path, strategy, after_run,

@@ -19,14 +19,14 @@ def shared_data():
     return SHARED_DATA
 
 
-def train_tiny_run(run_dir, data_dir, **recipe_overrides):
+def train_tiny_run(run_dir, data_dir, precision="float32", **recipe_overrides):
     """Trains a real run of the ``tiny`` preset through `keras_alexnet.training.train`
     (a couple of steps: a run directory exactly as train.py writes it)."""
     from keras_alexnet import recipes, training
 
     recipe = recipes.resolve("tiny", dict(dict(epochs=2), **recipe_overrides))
     settings = training.RunSettings(output_dir=str(run_dir), max_steps_per_epoch=2, verbose=0,
-                                    precision="float32")
+                                    precision=precision)
     training.train(recipe, training.DataSpec(str(data_dir)).load(), settings, preset="tiny")
     return Path(run_dir)
 

@@ -368,7 +368,7 @@ def caffe_blob_input(squares):
 MEASURED = {}
 
 
-@pytest.mark.e2e
+@pytest.mark.slow
 @pytest.mark.parametrize("variant", ["bvlc_alexnet", "caffenet"])
 @pytest.mark.parametrize("fmt", ["current", "v1"])
 def test_caffe_conversion_equals_opencv(tmp_path, caffe_files, squares, variant, fmt):
@@ -404,7 +404,7 @@ def test_caffe_conversion_equals_opencv(tmp_path, caffe_files, squares, variant,
             assert max_rel_diff(wrong.predict(x, verbose=0), fc8_cv) > 0.02
 
 
-@pytest.mark.e2e
+@pytest.mark.slow
 def test_opencv_reads_the_v1_file(caffe_files, squares):
     cv2, root = caffe_files["cv2"], caffe_files["root"]
     x = caffe_blob_input(squares)
@@ -683,7 +683,7 @@ def import_torchvision():
     return torch, torchvision
 
 
-@pytest.mark.e2e
+@pytest.mark.slow
 def test_torchvision_conversion_equals_torchvision(tmp_path, squares):
     torch, torchvision = import_torchvision()
     from torchvision import transforms

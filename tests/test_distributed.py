@@ -27,9 +27,9 @@ def free_ports(n):
     return ports
 
 
-@pytest.mark.e2e
+@pytest.mark.slow
 def test_two_workers_train_together_and_end_with_identical_weights(tmp_path):
-    data_dir = synthetic.make_dataset(tmp_path / "data", num_classes=3, train_per_class=16, val_per_class=4, size=64)
+    data_dir = synthetic.make_dataset(tmp_path / "data", num_classes=3, train_per_class=8, val_per_class=4, size=64)
     # An undecodable file listed first: it is in worker 0's shard (every 2nd file from the
     # first), so only worker 0 may ever meet it.
     (data_dir / "train" / "disc" / "0000_broken.JPEG").write_bytes(b"not a jpeg")
@@ -37,7 +37,7 @@ def test_two_workers_train_together_and_end_with_identical_weights(tmp_path):
     cluster = {"worker": [f"127.0.0.1:{p}" for p in free_ports(2)]}
     flags = ["--data-dir", str(data_dir), "--output-dir", str(run_dir), "--strategy", "multi-worker",
              "--preset", "tiny", "--resize-size", "72", "--crop-size", "67", "--fc-units", "32",
-             "--batch-size", "8", "--epochs", "2", "--quiet"]
+             "--batch-size", "8", "--epochs", "1", "--quiet"]
     procs = []
     for index in range(2):
         env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2",
@@ -54,8 +54,9 @@ def test_two_workers_train_together_and_end_with_identical_weights(tmp_path):
     assert len(chief.get_weights()) == len(worker.get_weights())
     for a, b in zip(chief.get_weights(), worker.get_weights()):
         np.testing.assert_array_equal(a, b)
-    # They trained: 2 epochs of ceil(25 files / 2 workers / 4 per worker) = 7 steps.
-    assert int(chief.optimizer.iterations.numpy()) == 14
+    # They trained: one epoch of ceil(ceil(25 files / 2 workers) / 4 per worker) = 4 steps,
+    # a whole pass over each worker's shard.
+    assert int(chief.optimizer.iterations.numpy()) == 4
     assert not np.allclose(chief.get_weights()[0], fresh.get_weights()[0])
     # Each worker read its own half of the data (sharded before decoding).
     config = json.loads((run_dir / "config.json").read_text())

@@ -556,7 +556,7 @@ def test_predict_prints_imagenet_names_for_an_imagenet_run(tmp_path, capsys):
 # --------------------------------------------------------------------------- end to end
 
 
-@pytest.mark.e2e
+@pytest.mark.slow
 def test_train_then_evaluate_and_predict(tmp_path):
     # The synthetic dataset is drawn once per machine (~7 s) and reused, as train.py does.
     cache = Path(os.environ.get("KERAS_ALEXNET_CACHE", Path.home() / ".cache" / "keras_alexnet"))

@@ -222,23 +222,10 @@ def test_tflite_computes_what_the_saved_model_does_on_the_same_pixels(exported, 
 def bfloat16_run(tmp_path_factory, tiny_data):
     """A tiny run trained in-process under the mixed_bfloat16 policy (what --precision
     auto picks on CPUs with AVX512_BF16): 1 epoch of 2 steps."""
-    import keras
+    from conftest import train_tiny_run
 
-    from keras_alexnet import recipes, sources, training
-
-    run_dir = tmp_path_factory.mktemp("bf16") / "run"
-    recipe = recipes.resolve("tiny", dict(epochs=1))
-    train_source = sources.load_source(tiny_data, "train")
-    val_source = sources.load_source(tiny_data, "val", class_names=train_source.class_names)
-    settings = training.RunSettings(output_dir=str(run_dir), max_steps_per_epoch=2, verbose=0,
-                                    precision="mixed_bfloat16")
-    description = {"data_dir": str(tiny_data), "tfds": None, "train_split": "train",
-                   "val_split": "val", "class_index": train_source.class_index, "preset": "tiny"}
-    try:
-        training.train(recipe, train_source, val_source, settings, None, description)
-    finally:
-        keras.mixed_precision.set_global_policy("float32")  # train() sets it for the process
-    return run_dir
+    return train_tiny_run(tmp_path_factory.mktemp("bf16") / "run", tiny_data,
+                          precision="mixed_bfloat16", epochs=1)
 
 
 def test_a_run_trained_in_bfloat16_exports_in_float32(bfloat16_run, photos, tmp_path):

@@ -158,7 +158,7 @@ def test_notebook_runs_on_a_converted_model_directory(name, converted_dir, tmp_p
     assert "mean: channel" in printed  # the model's own preprocessing, from its config.json
 
 
-@pytest.mark.e2e
+@pytest.mark.slow
 def test_notebook_without_a_run_trains_the_default(tmp_path):
     # A fresh cache, so the default run is trained here; the synthetic dataset itself is
     # drawn once per machine (as train.py does) and linked in.

@@ -1,12 +1,8 @@
-"""The training recipe: the paper's update rule, the plateau schedule, kill-safe resume."""
+"""The training recipe: the paper's update rule, the plateau schedule, train.py's runs.
+(Killed and resumed runs: tests/test_robust_runs.py.)"""
 
 import json
-import os
 import re
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import keras
@@ -14,10 +10,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-import keras_alexnet
-from keras_alexnet import recipes, synthetic, training
-
-REPO = Path(__file__).resolve().parents[1]
+import train_cli
+from keras_alexnet import callbacks, hardware, recipes, synthetic, training
 
 
 def tiny_paper_model(weight_decay=0.0005, seed=0):
@@ -88,7 +82,7 @@ def drive(callback, errors, start_epoch=0):
 
 
 def test_plateau_divides_by_ten_after_patience_epochs_at_most_three_times():
-    cb = training.PlateauSchedule(patience=2, max_reductions=3, verbose=0)
+    cb = callbacks.PlateauSchedule(patience=2, max_reductions=3, verbose=0)
     cb.set_model(_FakeModel(0.01))
     # Improves, then stalls: epochs 3 and 4 without improvement -> /10 after epoch 4.
     rates = drive(cb, [0.9, 0.8, 0.8, 0.85, 0.7, 0.75, 0.75, 0.8, 0.8, 0.9, 0.9, 0.9, 0.9, 0.9])
@@ -98,22 +92,22 @@ def test_plateau_divides_by_ten_after_patience_epochs_at_most_three_times():
 
 
 def test_plateau_state_survives_a_resume():
-    first = training.PlateauSchedule(patience=3, verbose=0)
+    first = callbacks.PlateauSchedule(patience=3, verbose=0)
     first.set_model(_FakeModel(0.01))
     drive(first, [0.9, 0.8, 0.85, 0.85])  # two epochs without improvement so far
     state = json.loads(json.dumps(first.get_state()))  # as written to the checkpoint
-    resumed = training.PlateauSchedule(patience=3, verbose=0)
+    resumed = callbacks.PlateauSchedule(patience=3, verbose=0)
     resumed.set_model(_FakeModel(0.01))
     resumed.set_state(state)
     # One more epoch without improvement is the third: the rate drops at once.
     assert drive(resumed, [0.85], start_epoch=4) == pytest.approx([1e-3])
-    fresh = training.PlateauSchedule(patience=3, verbose=0)
+    fresh = callbacks.PlateauSchedule(patience=3, verbose=0)
     fresh.set_model(_FakeModel(0.01))
     assert drive(fresh, [0.85]) == pytest.approx([0.01])
 
 
 def test_step_schedule_of_the_2012_code():
-    cb = training.StepSchedule(0.01, (25, 51, 79))
+    cb = callbacks.StepSchedule(0.01, (25, 51, 79))
     assert [cb.rate(e) for e in (0, 24, 25, 50, 51, 78, 79, 90)] == pytest.approx(
         [0.01, 0.01, 1e-3, 1e-3, 1e-4, 1e-4, 1e-5, 1e-5])
 
@@ -135,10 +129,11 @@ def test_presets_are_data_with_sources():
         recipes.preset("vgg")
 
 
-# Whole runs in subprocesses ------------------------------------------------------------
+# Whole runs through train.py's main (in this process: see tests/train_cli.py) ----------
 
+# float32 unless a test says otherwise: the cheapest precision to trace and run at this size.
 TINY_FLAGS = ["--preset", "tiny", "--resize-size", "72", "--crop-size", "67", "--fc-units", "32",
-              "--batch-size", "8", "--quiet"]
+              "--batch-size", "8", "--quiet", "--precision", "float32"]
 
 
 @pytest.fixture(scope="module")
@@ -147,97 +142,28 @@ def tiny_data(tmp_path_factory):
     return synthetic.make_dataset(root, num_classes=3, train_per_class=24, val_per_class=6, size=64)
 
 
-def run_train(args, **kwargs):
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
-    return subprocess.run([sys.executable, str(REPO / "train.py"), *args], env=env, capture_output=True,
-                          text=True, timeout=600, **kwargs)
-
-
 def test_bad_flags_and_paths_exit_2_with_a_message(tmp_path):
-    proc = run_train(["--data-dir", str(tmp_path / "nowhere")])
-    assert proc.returncode == 2 and "nowhere does not exist" in proc.stderr
-    proc = run_train(["--epochs", "0"])
-    assert proc.returncode == 2 and "--epochs" in proc.stderr
+    code, _, err = train_cli.main(["--data-dir", tmp_path / "nowhere"])
+    assert code == 2 and "nowhere does not exist" in err
+    code, _, err = train_cli.main(["--epochs", "0"])
+    assert code == 2 and "--epochs" in err
     (tmp_path / "empty" / "train").mkdir(parents=True)
-    proc = run_train(["--data-dir", str(tmp_path / "empty"), "--output-dir", str(tmp_path / "run")])
-    assert proc.returncode == 2 and str(tmp_path / "empty") in proc.stderr
+    code, _, err = train_cli.main(["--data-dir", tmp_path / "empty", "--output-dir", tmp_path / "run"])
+    assert code == 2 and str(tmp_path / "empty") in err
     assert not (tmp_path / "run" / "checkpoint.json").exists()
-
-
-def check_finished_run(run_dir, epochs):
-    rows = (run_dir / "metrics.csv").read_text().strip().splitlines()
-    assert [int(float(r.split(",")[0])) for r in rows[1:]] == list(range(1, epochs + 1))
-    summary = json.loads((run_dir / "summary.json").read_text())
-    assert summary["epochs"] == epochs
-    model = keras.models.load_model(run_dir / "last.keras")
-    assert isinstance(model, keras_alexnet.AlexNetModel)
-    assert keras.models.load_model(run_dir / "best.keras").count_params() == model.count_params()
-    assert len(list((run_dir / "checkpoints").glob("epoch-*.keras"))) == 1
-    config = json.loads((run_dir / "config.json").read_text())
-    assert config["working_dir"] == os.getcwd()  # train.py ran in the test's directory
-    assert config["recipe"]["epochs"] == epochs and config["class_names"] == ["disc", "square", "triangle"]
-
-
-@pytest.mark.e2e
-def test_killed_run_resumes_with_the_same_command(tmp_path, tiny_data):
-    """One run killed three times, at three kinds of moment, then finished by the same command."""
-    run_dir = tmp_path / "run"
-    flags = ["--data-dir", str(tiny_data), "--output-dir", str(run_dir), "--epochs", "4", *TINY_FLAGS]
-    kills = [
-        ("batch:2:4", 1),                   # SIGKILL in the middle of epoch 2
-        ("torn:epoch-0003.keras", 2),       # half of epoch 3's model file written
-        ("replace:checkpoint.json:1", 2),   # epoch 3's model and state written, pointer not
-    ]
-    for kill_at, resumes_after in kills:
-        env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", KILL_AT=kill_at)
-        killed = subprocess.run([sys.executable, str(REPO / "tests" / "kill_worker.py"), *flags], env=env,
-                                capture_output=True, text=True, timeout=600)
-        assert killed.returncode == -signal.SIGKILL, (kill_at, killed.stderr[-2000:])
-        pointer = json.loads((run_dir / "checkpoint.json").read_text())
-        assert pointer["epoch"] == resumes_after, kill_at
-        # What a kill leaves behind is loadable: the checkpoint the pointer names.
-        keras.models.load_model(run_dir / pointer["model"])
-    resumed = run_train(flags)
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert f"Resuming {run_dir} after epoch 2" in resumed.stdout
-    check_finished_run(run_dir, 4)
-
-
-@pytest.mark.e2e
-def test_external_sigkill_during_training_then_resume(tmp_path, tiny_data):
-    run_dir = tmp_path / "run"
-    flags = ["--data-dir", str(tiny_data), "--output-dir", str(run_dir), "--epochs", "5", *TINY_FLAGS]
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
-    proc = subprocess.Popen([sys.executable, str(REPO / "train.py"), *flags], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 300
-    while not (run_dir / "checkpoint.json").exists():
-        assert proc.poll() is None and time.time() < deadline, "training ended before its first checkpoint"
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)  # somewhere in epoch 2 (or its checkpoint)
-    proc.wait()
-    done = json.loads((run_dir / "checkpoint.json").read_text())["epoch"]
-    assert 1 <= done < 5
-    resumed = run_train(flags)
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
-    check_finished_run(run_dir, 5)
-    # The plateau state and learning rate came back too: the history is continuous.
-    history = json.loads((run_dir / json.loads((run_dir / "checkpoint.json").read_text())["state"]).read_text())
-    assert [r["epoch"] for r in history["history"]] == [1, 2, 3, 4, 5]
-    assert set(history["callbacks"]["plateau"]) == {"best", "wait", "reductions"}
 
 
 def test_resuming_with_another_configuration_is_refused(tmp_path, tiny_data):
     run_dir = tmp_path / "run"
     flags = ["--data-dir", str(tiny_data), "--output-dir", str(run_dir), "--epochs", "1", *TINY_FLAGS,
              "--max-steps-per-epoch", "2"]
-    assert run_train(flags).returncode == 0
-    proc = run_train([*flags, "--lr", "0.5"])
-    assert proc.returncode == 2 and "learning_rate" in proc.stderr and str(run_dir) in proc.stderr
+    assert train_cli.main(flags)[0] == 0
+    code, _, err = train_cli.main([*flags, "--lr", "0.5"])
+    assert code == 2 and "learning_rate" in err and str(run_dir) in err
 
 
 def test_precision_is_chosen_by_what_the_hardware_computes():
-    choose = training.choose_precision
+    choose = hardware.choose_precision
     assert choose({"avx512f", "avx512_vnni"}, []) == "float32"  # bf16 would be emulated
     assert choose({"avx512f", "avx512_bf16"}, []) == "mixed_bfloat16"
     assert choose({"amx_bf16", "amx_tile"}, []) == "mixed_bfloat16"
@@ -251,7 +177,7 @@ def test_precision_is_chosen_by_what_the_hardware_computes():
 
 
 def test_xla_is_chosen_only_where_it_measured_faster():
-    xla = training.choose_xla
+    xla = hardware.choose_xla
     emulated, native = {"avx512f", "avx512_vnni"}, {"avx512f", "amx_bf16"}
     assert xla("mixed_bfloat16", "towers", emulated, 0) is True  # 27 vs 12 img/s (bench/NOTES.md)
     assert xla("float32", "towers", emulated, 0) is False  # fp32: oneDNN beats XLA
@@ -264,20 +190,20 @@ def test_bf16_run_takes_the_fast_path_chosen_for_this_machine(tmp_path, tiny_dat
     """--precision mixed_bfloat16 trains end to end (bf16 convs, float32 matmul LRN) and
     records whether XLA was chosen, as `choose_xla` decides for this machine."""
     run_dir = tmp_path / "bf16"
-    proc = run_train(["--data-dir", str(tiny_data), "--output-dir", str(run_dir), "--epochs", "1",
-                      *TINY_FLAGS, "--max-steps-per-epoch", "2", "--precision", "mixed_bfloat16"])
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    expected = training.choose_xla("mixed_bfloat16", "towers")
+    code, out, err = train_cli.main(["--data-dir", str(tiny_data), "--output-dir", str(run_dir), "--epochs", "1",
+                                     *TINY_FLAGS, "--max-steps-per-epoch", "2", "--precision", "mixed_bfloat16"])
+    assert code == 0, err[-2000:]
+    expected = hardware.choose_xla("mixed_bfloat16", "towers")
     settings = json.loads((run_dir / "config.json").read_text())["settings"]
     assert settings["xla"] is expected and settings["precision"] == "mixed_bfloat16"
-    assert ("XLA: on" in proc.stdout) is expected
+    assert ("XLA: on" in out) is expected
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["epochs"] == 1 and np.isfinite(summary["final"]["val_loss"])
 
 
-@pytest.mark.e2e
+@pytest.mark.slow
 def test_loss_falls_on_real_photos(tmp_path, shared_data):
-    """train.py on 4 Imagenette classes of real JPEGs (symlinked, never copied into the
+    """train.py's main on 4 Imagenette classes of real JPEGs (symlinked, never copied into the
     repo), through the whole pipeline: the training loss and error fall, epoch by epoch.
     Dropout and PCA noise are off so that the fall measures learning, not noise."""
     source = shared_data / "imagenette" / "train"
@@ -291,9 +217,9 @@ def test_loss_falls_on_real_photos(tmp_path, shared_data):
             for path in sorted((source / wnid).iterdir())[take]:
                 (root / split / wnid / path.name).symlink_to(path)
     run_dir = tmp_path / "run"
-    proc = run_train(["--data-dir", str(root), "--class-index", "compact", "--output-dir", str(run_dir),
-                      *TINY_FLAGS, "--epochs", "10", "--dropout", "0", "--pca-stddev", "0"])
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    code, _, err = train_cli.main(["--data-dir", str(root), "--class-index", "compact", "--output-dir",
+                                   str(run_dir), *TINY_FLAGS, "--epochs", "10", "--dropout", "0", "--pca-stddev", "0"])
+    assert code == 0, err[-3000:]
     rows = [line.split(",") for line in (run_dir / "metrics.csv").read_text().strip().splitlines()]
     metrics = {name: np.array([float(r[i]) for r in rows[1:]]) for i, name in enumerate(rows[0])}
     loss, error = metrics["loss"], metrics["top1_error"]

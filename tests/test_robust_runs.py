@@ -262,10 +262,12 @@ def test_write_errors_name_the_path_and_what_to_do(tmp_path, monkeypatch, code, 
 
 
 def test_real_full_tmpfs(tmp_path, tiny_data):
-    """A 45 MB tmpfs holds two checkpoints of 19 MB: epoch 3 does not fit."""
+    """A 30 MB tmpfs holds one checkpoint of 19 MB: epoch 2's does not fit beside it, whichever
+    epoch is best (with room for two, whether a third fits depends on which epoch best.keras
+    keeps alive, and that on the run's random draws)."""
     mount = tmp_path / "disk"
     mount.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=45m", "tmpfs", str(mount)],
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=30m", "tmpfs", str(mount)],
                       capture_output=True).returncode:
         pytest.skip("cannot mount a tmpfs here")
     try:

@@ -10,6 +10,9 @@ machine for the same seed.
 
 import json
 import math
+import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -112,18 +115,38 @@ def make_dataset(root, num_classes=8, train_per_class=TRAIN_PER_CLASS, val_per_c
     root = Path(root)
     manifest = dict(version=VERSION, num_classes=num_classes, train_per_class=train_per_class,
                     val_per_class=val_per_class, size=size, seed=seed)
-    manifest_path = root / "manifest.json"
-    if manifest_path.is_file() and json.loads(manifest_path.read_text()) == manifest:
+    if _manifest(root) == manifest:
         return root
-    rng = np.random.default_rng(seed)
-    for split, count in (("train", train_per_class), ("val", val_per_class)):
-        for label in range(num_classes):
-            folder = root / split / CLASSES[label]
-            folder.mkdir(parents=True, exist_ok=True)
-            for i in range(count):
-                draw_image(label, rng, size).save(folder / f"{CLASSES[label]}_{i:05d}.JPEG", quality=90)
-    manifest_path.write_text(json.dumps(manifest, indent=1))
+    # Drawn into a private folder and renamed into place: a process that finds the manifest
+    # finds every image whole, while others (a second train.py, a parallel test) draw too.
+    root.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{root.name}-", dir=root.parent))
+    try:
+        rng = np.random.default_rng(seed)
+        for split, count in (("train", train_per_class), ("val", val_per_class)):
+            for label in range(num_classes):
+                folder = tmp / split / CLASSES[label]
+                folder.mkdir(parents=True)
+                for i in range(count):
+                    draw_image(label, rng, size).save(folder / f"{CLASSES[label]}_{i:05d}.JPEG", quality=90)
+        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1))
+        if _manifest(root) != manifest:  # another process may have finished first
+            if root.exists():
+                shutil.rmtree(root)  # a dataset of other arguments, or a half-drawn old one
+            os.replace(tmp, root)
+    except OSError:
+        if _manifest(root) != manifest:
+            raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     return root
+
+
+def _manifest(root):
+    try:
+        return json.loads((Path(root) / "manifest.json").read_text())
+    except (OSError, ValueError):
+        return None
 
 
 CACHE_ENV = "KERAS_ALEXNET_CACHE"  # where the built-in dataset (and the notebooks' run) go
@@ -131,8 +154,6 @@ CACHE_ENV = "KERAS_ALEXNET_CACHE"  # where the built-in dataset (and the noteboo
 
 def cache_dir():
     """``$KERAS_ALEXNET_CACHE``, else ``~/.cache/keras_alexnet``."""
-    import os
-
     return Path(os.environ.get(CACHE_ENV, Path.home() / ".cache" / "keras_alexnet")).expanduser()
 
 

@@ -92,9 +92,21 @@ def test_imagenet_names_and_the_run_files_have_one_home():
 
 @pytest.fixture(scope="module")
 def runs_by_mean(tmp_path_factory, tiny_data):
-    """Real tiny runs (1 epoch of 2 steps) trained with each --mean mode."""
+    """A real tiny run (1 epoch of 2 steps, --mean image) and its copies whose config.json
+    names the other mean modes: what reaches the network is decided by the run's config and
+    statistics, not its weights (the pipelines of each mode: tests/test_data.py)."""
+    import json
+    import shutil
+
     root = tmp_path_factory.mktemp("means")
-    return {mode: train_tiny_run(root / mode, tiny_data, mean=mode, epochs=1) for mode in ("image", "channel", "none")}
+    runs_ = {"image": train_tiny_run(root / "image", tiny_data, mean="image", epochs=1)}
+    for mode in ("channel", "none"):
+        shutil.copytree(runs_["image"], root / mode)
+        config = json.loads((root / mode / run_files.CONFIG_FILE).read_text())
+        config["recipe"]["mean"] = mode
+        (root / mode / run_files.CONFIG_FILE).write_text(json.dumps(config))
+        runs_[mode] = root / mode
+    return runs_
 
 
 def photo(shared_data):

@@ -44,3 +44,15 @@ def tiny_data(tmp_path_factory):
 def tiny_run(tmp_path_factory, tiny_data):
     """One real tiny run (2 epochs of 2 steps), shared by the tests that read runs."""
     return train_tiny_run(tmp_path_factory.mktemp("tiny_run") / "run", tiny_data)
+
+
+# The files that take longest, longest first (measured with --durations): pytest-xdist hands
+# whole files to its processes in collection order, so starting these first lets the
+# processes finish together instead of one waiting on a long file started last.
+LONGEST_FIRST = ("test_robust_runs.py", "test_notebooks.py", "test_console.py", "test_convert.py",
+                 "test_training.py", "test_evaluate.py", "test_export.py", "test_distributed.py")
+
+
+def pytest_collection_modifyitems(items):
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))

@@ -91,7 +91,7 @@ def _torch(cid, label, tier, net, precision, layout, **extra):
 # takes 10-20 s, which is what makes a full run take ~20 min there.
 CONFIGS = [
     # keras_alexnet as shipped: two towers of plain Conv2D, the banded-matmul LRN, and XLA
-    # where the library turns it on by itself (`training.choose_xla`: bf16 on a CPU
+    # where the library turns it on by itself (`hardware.choose_xla`: bf16 on a CPU
     # without bf16 instructions).
     _keras("k_towers_fp32", "keras_alexnet (default)", "core", "fp32", xla="auto"),
     _keras("k_towers_bf16", "keras_alexnet (default)", "core", "bf16", xla="auto"),

@@ -15,8 +15,7 @@ Each notebook takes one parameter, the path of a run directory written by ``trai
   for what is drawn, ``network_input`` for what the model gets: the same tensor as in
   evaluation), class names and ``describe()``.
 - `image_files`, `one_image`: the images to show, the run's own data first; `real_photos`:
-  the ImageNet photos of ``../shared/data/imagenet-sample/val`` beside the checkout, when
-  present (`shared_data_dir`).
+  ImageNet photos from ``$KERAS_ALEXNET_PHOTOS`` (`photos_dir`), when it is set.
 - `tower_difference`: tower b's mean minus tower a's of a per-kernel quantity (the
   colour specificity of Fig. 3), with a permutation p-value.
 
@@ -36,7 +35,6 @@ from pathlib import Path
 
 import numpy as np
 
-import keras_alexnet
 from keras_alexnet import run_files, runs, sources, synthetic
 from keras_alexnet.analysis import spread
 
@@ -123,26 +121,36 @@ def figures_dir(run_dir, out_dir=None):
     return out_dir
 
 
-def shared_data_dir():
-    """``../shared/data`` beside the checkout (the real photos are never copied into it)."""
-    return Path(keras_alexnet.__file__).resolve().parents[1].parent / "shared" / "data"
+PHOTOS_ENV = "KERAS_ALEXNET_PHOTOS"
+
+
+def photos_dir():
+    """``$KERAS_ALEXNET_PHOTOS``, a folder of real photos for the notebooks, or None.
+
+    Laid out as ``imagenet-sample/val/<wnid>/*`` (photos to show, predict and find the
+    neighbours of) and ``imagenette/<split>/<wnid>/*`` (a training set to search for
+    neighbours), class folders named by ImageNet wnid; either part may be missing."""
+    folder = os.environ.get(PHOTOS_ENV)
+    return Path(folder).expanduser() if folder else None
 
 
 def real_photos():
-    """The photos of ``imagenet-sample/val`` in `shared_data_dir` (one per class for
-    100 ImageNet classes, sorted by wnid), or [] when they are not there."""
-    folder = shared_data_dir() / "imagenet-sample" / "val"
-    return sources.list_images(folder) if folder.is_dir() else []
+    """The photos of ``imagenet-sample/val`` in `photos_dir` (sorted by class folder), or
+    [] when there are none."""
+    root = photos_dir()
+    folder = root / "imagenet-sample" / "val" if root else None
+    return sources.list_images(folder) if folder and folder.is_dir() else []
 
 
 def image_files(run, split="val", n=8):
     """Up to ``n`` image files to show, evenly spread over the sorted list (so over the
     classes): ``split`` of the run's own dataset (`keras_alexnet.runs.Run.files`); when that is not on
-    this machine, the shared real photos (``val``: ``imagenet-sample/val``, ``train``:
-    ``imagenette/train``); else []."""
+    this machine, the real photos of `photos_dir` (``val``: ``imagenet-sample/val``,
+    ``train``: ``imagenette/train``); else []."""
     files = run.files(split)
-    if not files:
-        folder = shared_data_dir() / ("imagenet-sample/val" if split == "val" else f"imagenette/{split}")
+    root = photos_dir()
+    if not files and root:
+        folder = root / ("imagenet-sample/val" if split == "val" else f"imagenette/{split}")
         files = sources.list_images(folder) if folder.is_dir() else []
     return spread(files, n)
 

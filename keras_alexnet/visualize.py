@@ -4,8 +4,7 @@ A run directory written by ``train.py``, or a model directory of
 ``keras_alexnet.convert``::
 
     python -m keras_alexnet.visualize --run runs/RUN --out runs/RUN/figures \\
-        --images ../shared/data/imagenet-sample/val \\
-        --neighbours-from ../shared/data/imagenette/train --max-base 500
+        --images PHOTOS/val --neighbours-from PHOTOS/train --max-base 500
 
 writes `FIGURES` (those it has the inputs for), drawn by `keras_alexnet.figures`.
 """

@@ -10,6 +10,8 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 # CI lays ../shared beside the checkout; the photos are never copied into the repo.
 SHARED_DATA = REPO.parent / "shared" / "data"
+if SHARED_DATA.is_dir():  # the notebooks' real photos (keras_alexnet.notebook_utils.photos_dir)
+    os.environ.setdefault("KERAS_ALEXNET_PHOTOS", str(SHARED_DATA))
 
 
 @pytest.fixture(scope="session")

@@ -43,7 +43,7 @@ def parse_args(argv=None):
     o.add_argument("--predict", nargs="+", metavar="IMAGE", help="print the top-5 classes of these images (files or directories)")
     r = p.add_argument_group("preprocessing (from the run; required for a .keras file outside a run)")
     r.add_argument("--stats", help=".npz of the training set's statistics (python -m keras_alexnet.stats)")
-    r.add_argument("--mean", metavar="MODE", help="mean to subtract (default: the run's; modes: keras_alexnet.preprocessing.MEAN_MODES)")
+    r.add_argument("--mean", metavar="MODE", help="what to subtract: image, channel or none (default: the run's)")
     r.add_argument("--resize-size", type=positive_int, help="shorter side before cropping (default: the run's, or crop * 256 / 227)")
     r.add_argument("--class-index", choices=("auto", "imagenet", "compact"), default="auto",
                    help="for a .keras file outside a run: how data folders are indexed (default auto)")

@@ -92,7 +92,8 @@ def parse_args(argv=None):
     r.add_argument("--max-lr-reductions", type=int)
     r.add_argument("--lr-steps", type=int_list, help="with --schedule steps: epochs, e.g. 25,51,79")
     r.add_argument("--mean", metavar="MODE",
-                   help="mean to subtract: the recipe's (image, §2) unless given; the modes are keras_alexnet.preprocessing.MEAN_MODES")
+                   help="what to subtract from each pixel: image (the training set's mean image, §2), channel "
+                        "(its RGB mean) or none; default: the preset's")
     r.add_argument("--pca-stddev", type=non_negative_float)
     r.add_argument("--resize-size", type=positive_int)
     r.add_argument("--crop-size", type=positive_int)

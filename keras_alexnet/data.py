@@ -29,10 +29,11 @@ from keras_alexnet.layers import (
     IMAGENET_EIGENVECTORS,
     PCAColorAugmentation,
 )
+from keras_alexnet.recipes import Recipe
 from keras_alexnet.sources import DatasetError
 
-# docs/paper.md §4.1: alpha_i ~ N(0, 0.1).
-PCA_STDDEV = 0.1
+# docs/paper.md §4.1: alpha_i ~ N(0, 0.1), the recipe's default.
+PCA_STDDEV = Recipe.pca_stddev
 
 
 # ---------------------------------------------------------------------------------------
@@ -74,11 +75,6 @@ class SkipCounter:
     def images(self):
         """Number of images decoded so far (int)."""
         return int(self._images.numpy())
-
-    def reset(self):
-        """Sets both counts to zero."""
-        self._skipped.assign(0)
-        self._images.assign(0)
 
     def count(self, last_index, element):
         """`tf.data.Dataset.scan` step over ``(index, image, label)`` survivors.

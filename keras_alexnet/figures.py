@@ -45,6 +45,10 @@ from keras_alexnet.analysis import (
 DPI = 100
 
 
+# The training curves of a run: RUN/figures/<this>, drawn at the end of train.py and by
+# `python -m keras_alexnet.visualize`.
+CURVES_FILE = "training_curves.png"
+
 def _tower_labels(layout, n):
     half = n // 2
     if layout == "none":  # one tower: the halves are only halves
@@ -305,7 +309,7 @@ def plot_neighbours(query_images, base_images, indices, path=None, distances=Non
 
 def plot_training_curves(metrics, path=None, title="Training curves"):
     """Loss, top-1 and top-5 error and learning rate by epoch, train solid and
-    validation dashed, from metrics columns (`keras_alexnet.runs.read_metrics`, or a
+    validation dashed, from metrics columns (`keras_alexnet.run_files.read_metrics`, or a
     run's ``run.metrics()``). Only the panels whose columns exist are drawn; the
     learning rate is on a log scale."""
     series = training_series(metrics)
@@ -345,7 +349,7 @@ def record_training_curves(run_dir):
     """Draws a run's training curves into ``figures/training_curves.png`` (for
     `keras_alexnet.training.train`'s ``after_run``): ``{"curves": path}``, with None for
     the path when they cannot be drawn (said, never fatal: the models are saved)."""
-    path = Path(run_dir) / run_files.FIGURES_DIR / "training_curves.png"
+    path = Path(run_dir) / run_files.FIGURES_DIR / CURVES_FILE
     try:
         plot_training_curves(run_files.read_metrics(run_dir), path, title=f"Training curves: {run_dir}")
     except (OSError, ValueError) as e:

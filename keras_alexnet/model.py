@@ -239,7 +239,7 @@ def AlexNet(
     ImageNet AlexNets, as a `keras.Model`.
 
     Inputs are RGB crops in ``[0, 255]`` with the training mean subtracted (the paper's
-    only preprocessing, §2); see `keras_alexnet.data`. The paper states 224x224 inputs,
+    only preprocessing, §2); see `keras_alexnet.preprocessing`. The paper states 224x224 inputs,
     but 11x11 stride-4 kernels give its 55x55 conv1 maps only on 227x227 (as in Caffe's
     bvlc_alexnet), so 227 is the default. The other variants take their source's input
     (``keras_alexnet.convert`` writes how to make it): Caffe's are 227x227 BGR minus the

@@ -115,7 +115,7 @@ def figures_dir(run_dir, out_dir=None):
     """Where a notebook writes its PNGs (created): ``out_dir`` if given, else
     ``$KERAS_ALEXNET_OUT``, else ``<run_dir>/figures``."""
     if out_dir is None:
-        out_dir = os.environ.get(OUT_ENV) or Path(run_dir) / "figures"
+        out_dir = os.environ.get(OUT_ENV) or Path(run_dir) / run_files.FIGURES_DIR
     out_dir = Path(out_dir).expanduser()
     out_dir.mkdir(parents=True, exist_ok=True)
     return out_dir

@@ -31,11 +31,11 @@ import tensorflow as tf
 from keras_alexnet import recipes
 from keras_alexnet.images import load_image
 
-# docs/paper.md §2: the shorter side rescaled to 256, the central 256x256 patch kept.
-RESIZE_SIZE = 256
-# docs/paper.md §3.5: the paper says 224, but only 227 gives conv1's 11x11/4 kernels the
-# 55x55 maps it reports.
-CROP_SIZE = 227
+# The paper's sizes, the recipe's defaults: the shorter side rescaled to 256 and the central
+# 256x256 patch kept (docs/paper.md §2); 227x227 crops (§3.5: the paper says 224, but only
+# 227 gives conv1's 11x11/4 kernels the 55x55 maps it reports).
+RESIZE_SIZE = recipes.Recipe.resize_size
+CROP_SIZE = recipes.Recipe.crop_size
 
 MEAN_MODES = ("image", "channel", "none")
 # What a run trained here subtracts unless told otherwise: its recipe's default, the mean
@@ -268,8 +268,7 @@ class Preprocessing:
 
     def __post_init__(self):
         where = f" ({self.source})" if self.source else ""
-        if self.mean_mode not in MEAN_MODES:
-            raise ValueError(f"mean must be one of {MEAN_MODES}, got {self.mean_mode!r}{where}.")
+        check_mean_mode(self.mean_mode)
         if self.channel_order not in CHANNEL_ORDERS:
             raise ValueError(f"channel_order must be RGB or BGR, got {self.channel_order!r}{where}.")
         if not 0 < self.crop_size <= self.resize_size:

@@ -430,8 +430,11 @@ def open_run(path, *, stats=None, mean=None, resize_size=None, class_index="auto
     Raises:
         RunNotFoundError, UnsafeModelError, RunError: with the path.
     """
-    if mean not in (None, *pre_lib.MEAN_MODES):
-        raise RunError(f"mean must be one of {pre_lib.MEAN_MODES}, got {mean!r}.")
+    if mean is not None:
+        try:
+            pre_lib.check_mean_mode(mean)
+        except ValueError as e:
+            raise RunError(str(e)) from e
     model_path, run_dir = find_run(path)
     overrides = []
     if run_dir is None:

@@ -10,7 +10,7 @@ tests)::
 `train` writes ``config.json`` from its arguments, builds and compiles the model, and
 fits it with the callbacks of `keras_alexnet.callbacks`. What it writes into the run
 directory, and how each file is written so that a kill at any moment loses nothing, is
-`keras_alexnet.runs`' business. Precision, XLA and the distribution strategy are chosen
+the business of `keras_alexnet.run_files` and `keras_alexnet.training_state`. Precision, XLA and the distribution strategy are chosen
 by `keras_alexnet.hardware`.
 """
 
@@ -257,7 +257,7 @@ def train(recipe, data, settings, *, preset=None, stats_path=None, strategy=None
     Raises:
         keras_alexnet.run_files.RunLockedError: another process is training in the directory.
         keras_alexnet.run_files.RunWriteError: a file could not be written (a full disk).
-        keras_alexnet.runs.RunError: a damaged run directory without a checkpoint to use.
+        keras_alexnet.run_files.DamagedStateError: a damaged run directory without a checkpoint to use.
         TrainingDiverged: the loss became non-finite (nothing of that epoch is saved).
     """
     run_dir = Path(settings.output_dir)

@@ -168,7 +168,7 @@ def _parse_state(path, model_path):
             raise ValueError(f"'history' holds epochs {epochs}, expected 1..{epoch}")
         if not isinstance(callbacks, dict):
             raise TypeError("'callbacks' must be an object")
-        # The state of the training callbacks (keras_alexnet.training): name -> its numbers.
+        # The state of the training callbacks (keras_alexnet.callbacks): name -> its numbers.
         for name, keys in (("plateau", ("best", "wait", "reductions")), ("steps", ("scale",)),
                            ("divergence", ("recoveries",))):
             part = callbacks.get(name)

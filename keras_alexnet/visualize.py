@@ -18,6 +18,7 @@ import numpy as np
 from keras_alexnet.activations import fc7_features
 from keras_alexnet.analysis import nearest_neighbours, spread
 from keras_alexnet.figures import (
+    CURVES_FILE,
     plot_activations,
     plot_colour_specificity,
     plot_conv1_filters,
@@ -32,7 +33,7 @@ FIGURES = (
     "conv1_filters.png",
     "conv1_filters_change.png",
     "colour_specificity.png",
-    "training_curves.png",
+    CURVES_FILE,
     "activations.png",
     "predictions.png",
     "neighbours.png",
@@ -89,9 +90,9 @@ def main(argv=None):
 
     metrics = run.metrics()
     if metrics is not None:
-        wrote(plot_training_curves(metrics, title=f"Training curves: {run.path}"), "training_curves.png")
+        wrote(plot_training_curves(metrics, title=f"Training curves: {run.path}"), CURVES_FILE)
     else:
-        print(f"no metrics.csv in {run.path or run.model_path.parent}: skipping training_curves.png")
+        print(f"no metrics.csv in {run.path or run.model_path.parent}: skipping {CURVES_FILE}")
 
     if images:
         pre = run.preprocessing

@@ -74,8 +74,9 @@ def users_level(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def tiny_data(tmp_path_factory):
-    root = tmp_path_factory.mktemp("synthetic")
-    return synthetic.make_dataset(root, num_classes=3, train_per_class=8, val_per_class=4, size=64)
+    from tiny_train import make_tiny_data
+
+    return make_tiny_data(tmp_path_factory)
 
 
 SMOKE = ["--epochs", "1", "--max-steps-per-epoch", "2", "--resize-size", "72", "--crop-size", "67",

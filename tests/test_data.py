@@ -1,4 +1,5 @@
-"""Tests of keras_alexnet.data: sources, labels, crops, shuffling, bad files.
+"""Tests of the data path (keras_alexnet.sources, .preprocessing, .data): sources, labels,
+crops, shuffling, bad files.
 
 References are independent of the code under test: label files are read here with plain
 Python, crops are compared with NumPy slices of images whose pixels encode their own

@@ -1,5 +1,5 @@
 """A run killed again and again, at every kind of moment of an epoch and of its save, is
-finished by the same command, with the schedule an uninterrupted run computes (issue 13).
+finished by the same command, with the schedule an uninterrupted run computes.
 Each kill is a real process (tests/kill_worker.py); one killed-and-resumed run serves
 every assertion."""
 
@@ -30,7 +30,7 @@ def tiny_data(tmp_path_factory):
 KILL_EPOCHS = 5
 # Each kill is one session of train.py (tests/kill_worker.py): (KILL_AT, the epoch that
 # checkpoint.json names afterwards). Together they kill at every kind of moment of an
-# epoch and of its save (`keras_alexnet.runs.save_training_state`, in its order).
+# epoch and of its save (`keras_alexnet.training_state.save_training_state`, in its order).
 KILLS = [
     ("batch:2:1", 1),  # mid-epoch 2 (epoch 1 was saved)
     ("torn:epoch-0002.keras", 1),  # half of epoch 2's model file written

@@ -1,4 +1,4 @@
-"""Runs that last days (issue 13): divergence stops cleanly, one writer per run
+"""Runs that last days: divergence stops cleanly, one writer per run
 directory, a failed write loses nothing, damaged state is never a traceback,
 decompression bombs are skipped, and the files a failed write leaves (kills: tests/test_kills.py).
 

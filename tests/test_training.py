@@ -227,3 +227,26 @@ def test_loss_falls_on_real_photos(tmp_path, shared_data):
     assert loss[-3:].mean() < loss[0] - 0.2, loss  # the loss includes the weight decay term
     assert np.sum(np.diff(loss) < 0) >= 7, loss  # falling, epoch by epoch
     assert error[-3:].mean() < error[0] - 0.2, error
+
+
+
+def test_the_mean_flags_list_the_mean_modes_and_the_library_checks_them(capsys):
+    """train.py and evaluate.py check --mean through the library (so their --help stays free
+    of TensorFlow); their help names every mode the library knows."""
+    import re
+    import sys
+
+    import train_cli
+    from keras_alexnet.preprocessing import MEAN_MODES
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    import evaluate
+
+    for parse in (train_cli.train_script.parse_args, evaluate.parse_args):
+        with pytest.raises(SystemExit):
+            parse(["--help"])
+        text = " ".join(capsys.readouterr().out.split())
+        mean_help = text[text.rindex("--mean MODE"):][:160]  # the option list, not the usage line
+        assert all(re.search(rf"\b{mode}\b", mean_help) for mode in MEAN_MODES), mean_help
+    code, _, err = train_cli.main(["--mean", "median", "--epochs", "1"])
+    assert code == 2 and f"mean must be one of {MEAN_MODES}, got 'median'" in err

@@ -5,7 +5,7 @@
 
 Tables are never typed by hand: each section of README.md between
 ``<!-- NAME:start -->`` and ``<!-- NAME:end -->`` is the output of one function here.
-Run directories (results/*/) are read through `keras_alexnet.runs`; the speed tables
+Run directories (results/*/) are read through `keras_alexnet.run_files`; the speed tables
 from bench/results/*.json, the training-speed one by bench/bench_train.py's own
 `render_table`.
 """
@@ -21,7 +21,6 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
 sys.path.insert(0, str(ROOT))  # keras_alexnet from this checkout, installed or not
 
-CURVES_PNG = "training_curves.png"  # `python -m keras_alexnet.visualize` curves of a run
 
 
 def _machine(m):
@@ -94,8 +93,9 @@ def _recipe_changes(config):
 def _curves(run_dir):
     """The run's training-curves PNG: beside its files, or in its figures/ folder."""
     from keras_alexnet import run_files
+    from keras_alexnet.figures import CURVES_FILE
 
-    for path in (run_dir / CURVES_PNG, run_dir / run_files.FIGURES_DIR / CURVES_PNG):
+    for path in (run_dir / CURVES_FILE, run_dir / run_files.FIGURES_DIR / CURVES_FILE):
         if path.is_file():
             return path
     return None

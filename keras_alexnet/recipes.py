@@ -130,31 +130,32 @@ PRESETS = {
     # paper's pipeline: mean image, random crops and flips, PCA noise, LRN, dropout, SGD
     # with momentum and weight decay, the plateau schedule.
     #
-    # Why the previous version (crop 99 of 112, batch 32, lr 0.005, dropout 0.5, 12
-    # epochs; dataset v1: 150 + 40 images per class at 96 px) learned slowly, measured
-    # with train.py in float32 on 2 shared cores (runs of 6 epochs unless stated):
-    # - It stopped while still underfitting: 38 steps per epoch, 456 SGD steps in all;
-    #   the training error (54% in epoch 12, with dropout and augmentation) stayed above
-    #   the validation error (39%), both still falling; 72% after 6 epochs.
-    # - Not the learning rate: 0.01 instead of 0.005 gave 69% (best) vs 69%.
-    # - Dropout 0.5 on 512-unit fc layers: without dropout and weight decay, 47% vs 69%.
-    #   The decay shrinks the weights by lr * wd = 2.5e-6 per step (0.1% over the run),
-    #   so the difference is dropout's. (The logged loss includes the decay term.)
-    # - Compute per step: the 99 px crop cost 2x the time of a 67 px crop per image
-    #   (54 vs 113 img/s) and learned no more per step (after 300 steps: 54% at crop 99,
-    #   57% at crop 67 of the same shapes drawn at 76 px).
-    # - The dataset: errors were shape confusions (disc/square, triangle/star/square,
-    #   ring/cross) of shapes whose colour could match a background of colourful 4x4
-    #   clutter. Dataset v2 draws calmer backgrounds and shapes that stand out, at the
-    #   preset's resize size, 400 + 50 images per class (an epoch of 200 steps, fewer
-    #   per-epoch validations and checkpoints per SGD step).
-    # - He-initialised fc8 starts confident and wrong (mean top probability 0.36-0.42
-    #   before training, 1/8 is chance); N(0, 0.01) in fc8 (the paper's value): 0.16-0.17.
-    # With the values below (and dataset v2), float32: best / final validation top-1
+    # Why these values, measured with train.py in float32 on 2 shared cores (the
+    # alternatives in runs of 6 epochs unless stated):
+    # - Enough SGD steps: batch 16 over 3,200 images is 200 steps an epoch, 2,400 in all.
+    #   At batch 32 over 1,200 images (38 steps an epoch, 456 in all) a run stopped while
+    #   still underfitting: training error 54% in epoch 12 (with dropout and augmentation)
+    #   above the validation error, 39%, both still falling.
+    # - Learning rate 0.01, the paper's: 0.005 learned no faster (69% best after 6 epochs
+    #   either way).
+    # - Dropout 0.25: 0.5 on 512-unit fc layers slowed learning most (47% without dropout
+    #   and weight decay against 69%; the decay shrinks the weights by lr * wd = 2.5e-6 a
+    #   step, 0.1% over the run, so the difference is dropout's; the logged loss includes
+    #   the decay term).
+    # - Crop 67 of 76: a 99 px crop cost twice the time per image (54 vs 113 img/s) and
+    #   learned no more per step (after 300 steps: 54% at crop 99, 57% at crop 67).
+    # - The images (keras_alexnet/synthetic.py) are calm backgrounds with shapes that stand
+    #   out, drawn at the resize size: over colourful 4x4 clutter the errors were shape
+    #   confusions (disc/square, triangle/star/square, ring/cross) where a shape's colour
+    #   matched the background.
+    # - fc8 from N(0, 0.01), the paper's value: a He-initialised fc8 starts confident and
+    #   wrong (mean top probability 0.36-0.42 before training, chance is 1/8), N(0, 0.01)
+    #   at 0.16-0.17.
+    # With the values below, float32: best / final validation top-1
     # error, seed 0 (four runs; CPU training is not bit-deterministic) 1.25% / 1.25%,
     # 3.25% / 7.50%, 3.25% / 6.50%, 4.75% / 10.50%; seed 1 2.25% / 2.25%; seed 2 2.50% / 5.00% (chance
     # 87.5%); 32-44% after 3 epochs. At lr 0.01 the error bounces (6-25% in epochs 7-11); the
-    # plateau cut (after epoch 10 or 11, or none within the 12 epochs) settles it. Time: see docs/quickstart_excerpt.md.
+    # plateau cut (after epoch 10 or 11, or none within the 12 epochs) settles it. Time: the README's quick start.
     # With the paper's fixed N(0, 0.01) everywhere and biases of 1 the loss stays flat at
     # chance (the 0.01 is matched to the full-size layer widths; at toy widths the signal
     # dies by fc7), so the hidden layers use He init on unit-scale inputs.
@@ -165,8 +166,7 @@ PRESETS = {
         "fc_units": (512, "toy size"),
         "batch_size": (16, "toy size: 200 steps per epoch; 22% vs 29% error after 6 epochs at batch 32, "
                            "epochs of about the same time"),
-        "epochs": (12, "2,400 steps: the plateau cut comes after epoch 10-11; about twice the compute of the "
-                       "old default (12 x 38 steps at batch 32, crop 99)"),
+        "epochs": (12, "2,400 steps: the plateau cut comes after epoch 10-11"),
         "plateau_patience": (2, "a short run: lr / 10 after 2 epochs without a new best"),
         "dropout": (0.25, "toy size: 0.5 slowed learning most (6 epochs: 69% error, 47% without dropout and "
                           "decay); 0.25 keeps dropout in the pipeline"),

@@ -160,8 +160,9 @@ def test_the_built_in_default_visibly_learns(tmp_path, monkeypatch):
     test_train_help_and_a_short_run_print_no_tensorflow_noise.)"""
     monkeypatch.chdir(tmp_path)
     run_dir = tmp_path / "run"
-    code, out, err = train_cli.main(["--epochs", LEARN_EPOCHS, "--output-dir", run_dir, "--precision", "float32",
-                                     "--quiet"])
+    # The precision a user's run gets (`--precision auto`): bf16 where the CPU computes it
+    # (measured here: 35.25% after 3 epochs, 23 s against float32's 35.50% in 30 s).
+    code, out, err = train_cli.main(["--epochs", LEARN_EPOCHS, "--output-dir", run_dir, "--quiet"])
     assert code == 0, err[-3000:]
     assert f"built-in synthetic dataset in {synthetic.cache_dir() / 'synthetic'}" in out
     with open(run_dir / "metrics.csv") as f:

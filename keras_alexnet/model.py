@@ -25,7 +25,7 @@ import tensorflow as tf
 
 from keras_alexnet.keras_compat import TowerTrainStep, colocate_optimizer_slots
 from keras_alexnet.layers import PAPER_LAYERS, ChannelSlice, GroupedConv2D, LocalResponseNormalization, OnDevice
-from keras_alexnet.variants import VARIANTS, variant_defaults
+from keras_alexnet.variants import POOL5_HWC, VARIANTS, variant_defaults
 
 # The paper's five conv layers (§3.5; the kernel counts are the variant's `conv_filters`).
 # ``reads``: the input image, only its own tower's maps, or both towers' maps (Fig. 2).
@@ -47,8 +47,6 @@ POOL_AFTER = {"conv1": "pool1", "conv2": "pool2", "conv5": "pool5"}
 POSITIVE_BIAS_LAYERS = ("conv2", "conv4", "conv5", "fc6", "fc7")
 GROUPINGS = ("towers", "grouped", "none")
 LRN_ORDERS = ("lrn_pool", "pool_lrn")
-# torchvision's AdaptiveAvgPool2d((6, 6)) before fc6.
-TORCHVISION_POOL5 = 6
 # A per-layer ``weight_stddev`` dict without a "default" entry: the paper's (§5).
 PAPER_STDDEV = VARIANTS["paper"]["weight_stddev"]
 
@@ -359,7 +357,7 @@ def AlexNet(
     x = keras.layers.Concatenate(name="pool5")(xs) if len(xs) == 2 else xs[0]
 
     if include_top:
-        if variant == "torchvision" and tuple(x.shape[1:3]) != (TORCHVISION_POOL5,) * 2:
+        if variant == "torchvision" and tuple(x.shape[1:3]) != POOL5_HWC[:2]:
             raise ValueError(
                 "torchvision's AlexNet average-pools pool5 to 6x6 (AdaptiveAvgPool2d), the "
                 f"identity only when pool5 is 6x6 (224x224 inputs); pool5 here is "

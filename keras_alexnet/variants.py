@@ -40,6 +40,9 @@ VARIANTS["torchvision"] = dict(
     VARIANTS["paper"], input_shape=(224, 224, 3), conv_filters=(64, 192, 384, 256, 256),
     conv1_padding=2, grouping="none", lrn=False, dropout_after=("pool5", "fc6"),
 )
+# pool5 of every variant on its own input size (227, torchvision's 224): 6x6 maps of 256
+# kernels, what fc6 reads (torchvision average-pools to exactly this size).
+POOL5_HWC = (6, 6, 256)
 # The paper's LRN constants, the defaults of `keras_alexnet.layers.LocalResponseNormalization`.
 PAPER_LRN = {k: VARIANTS["paper"][f"lrn_{k}"] for k in ("depth_radius", "bias", "alpha", "beta")}
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from keras_alexnet.layers import PAPER_LAYERS
-from keras_alexnet.variants import VARIANTS
+from keras_alexnet.variants import POOL5_HWC, VARIANTS
 from keras_alexnet.weight_readers import (
     ConversionError,
     load_npy_dict,
@@ -131,9 +131,6 @@ def _squeeze_to(array, ndim):
 def _raw_shapes(raw):
     return {k: tuple(tuple(a.shape) for a in v) for k, v in raw.items()}
 
-
-# pool5 of every variant on its own input size (227 or 224): what fc6's rows are ordered by.
-POOL5_HWC = (6, 6, 256)
 
 
 def _keras_from_oihw(raw, where):

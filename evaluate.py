@@ -6,7 +6,9 @@
     python evaluate.py --checkpoint RUN --predict photo.jpg [more.jpg DIR ...]
 
 --checkpoint is a train.py run directory (best.keras, else last.keras), a model directory
-of keras_alexnet.convert (model.keras), or a .keras file. The run's preprocessing (crop
+of keras_alexnet.convert (model.keras), a .keras file, or named published weights
+(imagenet = bvlc_alexnet, caffenet, torchvision: downloaded, verified and converted once;
+python -m keras_alexnet.pretrained list). The run's preprocessing (crop
 and resize size, mean, channel order, class order; keras_alexnet.runs.open_run) is used. A .keras file outside a run needs --stats FILE or --mean none.
 --ten-crop: the paper's ten-crop test (§4.1), the softmax averaged over the four corner
 crops, the centre crop and their horizontal reflections. Models that would run code on
@@ -30,7 +32,9 @@ def positive_int(text):
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--checkpoint", required=True, help="run directory of train.py, or a .keras file")
+    p.add_argument("--checkpoint", required=True,
+                   help="run directory of train.py, a model directory or .keras file, or named "
+                   "published weights (imagenet, bvlc_alexnet, caffenet, torchvision)")
     d = p.add_argument_group("data (to measure error rates)")
     d.add_argument("--data-dir", help="ImageNet-style folder (DIR/val/<class>/...), or the TFDS data dir with --tfds")
     d.add_argument("--tfds", metavar="NAME", help="a prepared TFDS dataset, e.g. imagenet2012 or imagenette")
@@ -61,7 +65,13 @@ def parse_args(argv=None):
                 "error rates, or --predict IMAGE ... for predictions")
     if args.tfds and not args.data_dir:
         p.error("--tfds needs --data-dir (the TFDS data directory); nothing is downloaded")
-    for flag in ("checkpoint", "data_dir", "manual_dir", "stats"):
+    if not Path(args.checkpoint).expanduser().exists():
+        from keras_alexnet import pretrained  # imports TensorFlow: only when needed
+
+        if not (pretrained.canonical_name(args.checkpoint) or pretrained.is_url(args.checkpoint)):
+            p.error(f"--checkpoint: {args.checkpoint} does not exist (nor is it named "
+                    f"weights: {', '.join(pretrained.names())})")
+    for flag in ("data_dir", "manual_dir", "stats"):
         value = getattr(args, flag)
         if value and not Path(value).expanduser().exists():
             p.error(f"--{flag.replace('_', '-')}: {value} does not exist")
@@ -81,7 +91,7 @@ def main(argv=None):
         os.environ["KERAS_ALEXNET_VERBOSE"] = "1"
 
     # Heavy imports only after the flags are known to be good.
-    from keras_alexnet import evaluation, run_files, runs, sources
+    from keras_alexnet import evaluation, pretrained, run_files, runs, sources
 
     crops = "ten" if args.ten_crop else "center"
     try:
@@ -112,7 +122,7 @@ def main(argv=None):
                 progress=not args.quiet)
             print(evaluation.format_results(results), flush=True)
             output.update(evaluation.json_ready(results))
-    except (run_files.RunError, sources.DatasetError, FileNotFoundError) as e:
+    except (run_files.RunError, sources.DatasetError, pretrained.WeightsError, FileNotFoundError) as e:
         print(f"evaluate.py: error: {e}", file=sys.stderr)
         return 2
     if args.results_file:

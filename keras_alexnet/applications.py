@@ -31,7 +31,7 @@ from keras_alexnet.evaluation import top_k_indices
 
 def as_run(run):
     """``run`` itself when it is a `keras_alexnet.runs.Run`, else `open_run(run)` (a run or
-    model directory, or a ``.keras`` file inside one)."""
+    model directory, a ``.keras`` file inside one, or named weights: ``"bvlc_alexnet"``)."""
     if isinstance(run, runs.Run):
         return run
     if run is None:

@@ -47,34 +47,22 @@ Bad files (truncated, another format, another network's shapes, a missing layer)
 from __future__ import annotations
 
 import argparse
-import hashlib
 import os
 import shutil
 import sys
 from pathlib import Path
 
-import numpy as np
 
+from keras_alexnet import pretrained
+from keras_alexnet.model import from_keras_weights
 from keras_alexnet.weight_files import (
     CAFFE_VARIANTS,
-    assign_weights,
     caffe_keras_weights,
     npy_keras_weights,
     torchvision_keras_weights,
 )
 from keras_alexnet.weight_readers import ConversionError, read_mean_binaryproto
 
-FORMATS = ("caffe", "npy", "torchvision")  # --from
-
-
-def _build(variant, weights_by_name, where):
-    """A fresh model of ``variant`` sized from the file: fc8's class count and fc6's
-    width (4096 in every published net; a fine-tuned net may differ)."""
-    from keras_alexnet.model import AlexNet
-
-    classes = int(np.size(weights_by_name["fc8"][1]))
-    fc_units = int(np.size(weights_by_name["fc6"][1]))
-    return AlexNet(variant=variant, classes=classes, fc_units=fc_units, seed=0)
 
 
 def convert_caffe(weights, prototxt=None, variant=None, mean=None):
@@ -96,8 +84,7 @@ def convert_caffe(weights, prototxt=None, variant=None, mean=None):
     if mean is not None:
         read_mean_binaryproto(mean)
     variant, keras_weights = caffe_keras_weights(weights, prototxt, variant)
-    model = _build(variant, keras_weights, str(weights))
-    return assign_weights(model, keras_weights, str(weights))
+    return from_keras_weights(variant, keras_weights, str(weights))
 
 
 def convert_npy(weights, variant="bvlc_alexnet"):
@@ -109,9 +96,7 @@ def convert_npy(weights, variant="bvlc_alexnet"):
     """
     if variant not in CAFFE_VARIANTS:
         raise ConversionError(f"{weights}: variant must be one of {CAFFE_VARIANTS}, got {variant!r}.")
-    keras_weights = npy_keras_weights(weights)
-    model = _build(variant, keras_weights, str(weights))
-    return assign_weights(model, keras_weights, str(weights))
+    return from_keras_weights(variant, npy_keras_weights(weights), str(weights))
 
 
 def convert_torchvision(weights):
@@ -122,73 +107,23 @@ def convert_torchvision(weights):
         normalised as torchvision's (``x / 255 - mean) / std``), ending in fc8 and the
         softmax ``predictions`` (torchvision's net ends in the logits of fc8).
     """
-    keras_weights = torchvision_keras_weights(weights)
-    model = _build("torchvision", keras_weights, str(weights))
-    return assign_weights(model, keras_weights, str(weights))
-
-
-# ---------------------------------------------------------------------------------------
-# Preprocessing recorded in config.json.
-
-CAFFE_MEAN_RGB = [123.0, 117.0, 104.0]  # Caffe's B, G, R = 104, 117, 123
-TORCHVISION_MEAN = (0.485, 0.456, 0.406)
-TORCHVISION_STD = (0.229, 0.224, 0.225)
-
-
-def caffe_preprocessing(mean_image=False):
-    """Caffe's input: 227 crops of the 256 square, BGR, minus the mean image or B,G,R
-    104, 117, 123."""
-    common = {"crop_size": 227, "resize_size": 256, "std_rgb": None, "channel_order": "BGR"}
-    if mean_image:
-        return dict(
-            common, mean="image", mean_rgb=None,
-            provenance="Caffe's bvlc_alexnet / bvlc_reference_caffenet input (deploy.prototxt, "
-            "227x227 BGR in [0, 255]) minus the mean image of the --mean binaryproto "
-            "(ilsvrc_2012_mean), cropped at the same window.",
-        )
-    return dict(
-        common, mean="channel", mean_rgb=list(CAFFE_MEAN_RGB),
-        provenance="Caffe's bvlc_alexnet / bvlc_reference_caffenet input (deploy.prototxt, "
-        "227x227 BGR in [0, 255]) minus Caffe's per-channel ImageNet mean B,G,R = 104, 117, "
-        "123 (the channel means of ilsvrc_2012_mean are 104.0, 116.7, 122.7).",
-    )
-
-
-def torchvision_preprocessing():
-    """torchvision's IMAGENET1K_V1 transforms: resize 256, centre crop 224, /255, Normalize."""
-    return {
-        "crop_size": 224, "resize_size": 256, "mean": "channel",
-        "mean_rgb": [255.0 * m for m in TORCHVISION_MEAN],
-        "std_rgb": [255.0 * s for s in TORCHVISION_STD],
-        "channel_order": "RGB",
-        "provenance": "torchvision's AlexNet_Weights.IMAGENET1K_V1 transforms: resize 256, "
-        "centre crop 224, /255, Normalize(mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, "
-        "0.225)), here in [0, 255] units.",
-    }
+    return from_keras_weights("torchvision", torchvision_keras_weights(weights), str(weights))
 
 
 # ---------------------------------------------------------------------------------------
 # The model directory.
 
 
-def sha256_file(path):
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def save_model_dir(model, out_dir, *, preprocessing, source, mean_image=None,
                    class_names=None, overwrite=False):
     """Writes the model directory (module docstring) with
-    `keras_alexnet.runs.write_model_dir` (atomically: a reader never sees a half-written
+    `keras_alexnet.run_files.write_model_dir` (atomically: a reader never sees a half-written
     directory), after checking the class names and the mean against the model.
 
     Args:
         model: the converted Keras model.
         out_dir: the directory to create.
-        preprocessing: the ``preprocessing`` dict (`caffe_preprocessing`, ...).
+        preprocessing: the ``preprocessing`` dict (`keras_alexnet.pretrained.caffe_preprocessing`, ...).
         source: the ``source`` dict (format, weights, sha256, variant, prototxt,
             mean_file).
         mean_image: float32 (S, S, 3) RGB [0, 255] when ``preprocessing["mean"] ==
@@ -219,14 +154,14 @@ def save_model_dir(model, out_dir, *, preprocessing, source, mean_image=None,
         raise ValueError("mean_image is needed exactly when preprocessing['mean'] == 'image'.")
     if out_dir.exists() and not overwrite and (not out_dir.is_dir() or any(out_dir.iterdir())):
         raise FileExistsError(f"{out_dir} exists (pass overwrite=True / --overwrite).")
-    from keras_alexnet import runs
+    from keras_alexnet import run_files
 
     old = None
     if out_dir.exists() and overwrite:
         old = out_dir.with_name(f".{out_dir.name}.{os.getpid()}.old")
         os.replace(out_dir, old)
     try:
-        runs.write_model_dir(out_dir, model, preprocessing=preprocessing, source=source,
+        run_files.write_model_dir(out_dir, model, preprocessing=preprocessing, source=source,
                              mean_image=mean_image, class_names=class_names)
     except BaseException:
         if old is not None:
@@ -254,8 +189,8 @@ def convert(source_format, weights, out_dir, *, prototxt=None, variant=None, mea
     Returns:
         ``(model, out_dir)``.
     """
-    if source_format not in FORMATS:
-        raise ValueError(f"source_format must be one of {FORMATS}, got {source_format!r}.")
+    if source_format not in pretrained.FORMATS:
+        raise ValueError(f"source_format must be one of {pretrained.FORMATS}, got {source_format!r}.")
     mean_image = None
     if source_format == "caffe":
         model = convert_caffe(weights, prototxt=prototxt, variant=variant)
@@ -268,20 +203,20 @@ def convert(source_format, weights, out_dir, *, prototxt=None, variant=None, mea
     if source_format in ("caffe", "npy"):
         if mean is not None:
             mean_image = read_mean_binaryproto(mean)
-            size = caffe_preprocessing()["resize_size"]
+            size = pretrained.caffe_preprocessing()["resize_size"]
             if mean_image.shape[:2] != (size, size):
                 raise ConversionError(
                     f"{mean}: mean image {mean_image.shape[:2]}; expected {size}x{size}."
                 )
-        preprocessing = caffe_preprocessing(mean_image is not None)
+        preprocessing = pretrained.caffe_preprocessing(mean_image is not None)
     else:
         if mean is not None:
             raise ConversionError("--mean applies to Caffe weights only.")
-        preprocessing = torchvision_preprocessing()
+        preprocessing = pretrained.torchvision_preprocessing()
     source = {
         "format": source_format,
         "weights": str(Path(weights).resolve()),
-        "sha256": sha256_file(weights),
+        "sha256": pretrained.file_hash_of(weights),
         "variant": model.variant,
         "prototxt": None if prototxt is None else str(Path(prototxt).resolve()),
         "mean_file": None if mean is None else str(Path(mean).resolve()),
@@ -298,7 +233,7 @@ def main(argv=None):
         description="Convert a published ImageNet AlexNet (Caffe, Guerzhoy .npy, torchvision) "
         "into a Keras model directory.",
     )
-    parser.add_argument("--from", dest="source_format", required=True, choices=FORMATS)
+    parser.add_argument("--from", dest="source_format", required=True, choices=pretrained.FORMATS)
     parser.add_argument("--weights", required=True, help=".caffemodel, .npy or .pth")
     parser.add_argument("--prototxt", help="Caffe deploy.prototxt (tells LRN/pool order)")
     parser.add_argument("--variant", choices=CAFFE_VARIANTS + ("torchvision",))

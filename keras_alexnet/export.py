@@ -387,10 +387,10 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
-    from keras_alexnet import run_files, runs
+    from keras_alexnet import pretrained, run_files, runs
 
     try:
-        run = runs.open_run(Path(args.run).expanduser(), unsafe=args.unsafe_load)
+        run = runs.open_run(args.run, unsafe=args.unsafe_load)
         out = Path(args.out).expanduser()
         if args.format == "saved_model":
             export_saved_model(run, out, ten_crop=args.ten_crop)
@@ -400,7 +400,7 @@ def main(argv=None):
             meta = export_tflite(run, out, ten_crop=args.ten_crop, allow_select_tf_ops=args.select_tf_ops)
             print(f"Wrote {out}: {meta['inputs']['image']} -> probabilities; ops: "
                   f"{', '.join(meta['ops'])}{' (with SELECT_TF_OPS)' if meta['select_tf_ops'] else ''}")
-    except (run_files.RunError, ExportError, FileNotFoundError) as e:
+    except (run_files.RunError, ExportError, pretrained.WeightsError, FileNotFoundError) as e:
         print(f"keras_alexnet.export: error: {e}", file=sys.stderr)
         return 2
     return 0

@@ -19,10 +19,14 @@ The published ImageNet AlexNets are variants of the same builder, ``AlexNet(vari
 torchvision's ``"torchvision"``; `keras_alexnet.convert` reads their weight files into them.
 """
 
+import shutil
+import sys
+
 import numpy as np
 import keras
 import tensorflow as tf
 
+from keras_alexnet import pretrained
 from keras_alexnet.keras_compat import TowerTrainStep, colocate_optimizer_slots
 from keras_alexnet.layers import PAPER_LAYERS, ChannelSlice, GroupedConv2D, LocalResponseNormalization, OnDevice
 from keras_alexnet.variants import POOL5_HWC, VARIANTS, variant_defaults
@@ -232,6 +236,7 @@ def AlexNet(
     lrn_order=None,
     conv_filters=None,
     conv1_padding=None,
+    file_hash=None,
 ):
     """Builds the paper's AlexNet (NIPS 2012, §3.5 and Fig. 2), or one of the published
     ImageNet AlexNets, as a `keras.Model`.
@@ -248,11 +253,17 @@ def AlexNet(
 
     Args:
         include_top: whether to include fc6, fc7 and fc8 (with their dropout).
-        weights: None (random initialisation); the path of a ``.weights.h5`` file saved
+        weights: None (random initialisation); ``"imagenet"`` (Caffe's bvlc_alexnet) or
+            another name in `keras_alexnet.pretrained.WEIGHTS` (``"bvlc_alexnet"``,
+            ``"caffenet"``, ``"torchvision"``), or an http(s) URL of a weights file:
+            downloaded once, verified, converted once and cached
+            (`pretrained_dir`); the path of a ``.weights.h5`` file saved
             from a model of the same layout; a directory written by
             ``python -m keras_alexnet.convert`` (or its ``model.keras``); or a published
             weights file that `keras_alexnet.convert` reads (``.caffemodel``, Guerzhoy's
-            ``.npy``, torchvision's ``.pth``). Nothing is downloaded.
+            ``.npy``, torchvision's ``.pth``). With ``include_top=False``, or ``classes``
+            other than the weights', every layer but fc8 is loaded (fc8 keeps its
+            initialisation).
         input_tensor: optional Keras tensor to use as the input.
         input_shape: input shape; default ``(227, 227, 3)`` (``(224, 224, 3)`` for
             ``variant="torchvision"``). Smaller inputs work (e.g. ``(67, 67, 3)`` for
@@ -303,10 +314,16 @@ def AlexNet(
             (96, 256, 384, 384, 256; torchvision's 64, 192, 384, 256, 256).
         conv1_padding: zeros added on each side before conv1 (a ``ZeroPadding2D`` named
             ``pad1``); default 0 (torchvision's: 2).
+        file_hash: with a URL as ``weights``: the file's ``"sha256:<hex>"`` (or
+            ``"sha1:<hex>"``), as its publisher states it; without one the download is
+            not verified (a warning says so).
 
     Returns:
         An `AlexNetModel` (a functional `keras.Model`).
     """
+    entry = pretrained.named(weights, file_hash)
+    if entry is not None:
+        weights = pretrained_dir(entry)
     variant = _resolve_variant(weights, variant)
     spec = variant_defaults(variant)
     given = dict(
@@ -388,6 +405,51 @@ def AlexNet(
 
             weight_files.load_weights_into(model, weights)
     return model
+
+
+# ---------------------------------------------------------------------------------------
+# Published weights: converted by this builder, once, into keras_alexnet.pretrained's cache.
+
+
+def from_keras_weights(variant, keras_weights, where):
+    """A model of ``variant`` holding converted weights ({layer: [kernel, bias]}), sized
+    from them: fc8's classes and fc6's width (4096 in every published net; a fine-tuned
+    net may differ); every other shape must be the variant's."""
+    from keras_alexnet import weight_files
+
+    classes = int(np.size(keras_weights["fc8"][1]))
+    fc_units = int(np.size(keras_weights["fc6"][1]))
+    model = AlexNet(variant=variant, classes=classes, fc_units=fc_units, seed=0)
+    return weight_files.assign_weights(model, keras_weights, where)
+
+
+def pretrained_dir(entry, progressbar=True):
+    """The converted model directory of published weights (a
+    `keras_alexnet.pretrained.PublishedWeights`): downloaded and verified once
+    (`keras_alexnet.pretrained.fetch_file_locked`), converted once, both under the cache
+    entry's lock, so two processes asking at once share one download and one conversion."""
+    from keras_alexnet import run_files, weight_files
+
+    out = pretrained.converted(entry)
+    if out is not None:
+        return out
+    with pretrained.lock(entry):
+        out = pretrained.converted(entry)
+        if out is not None:  # another process converted it while this one waited
+            return out
+        file = pretrained.fetch_file_locked(entry, progressbar)
+        print(f"Converting {file} into a Keras model directory (once) ...", file=sys.stderr, flush=True)
+        variant, keras_weights = weight_files.read_keras_weights(file, entry.variant or None)
+        model = from_keras_weights(variant, keras_weights, str(file))
+        out = pretrained.model_dir_path(entry)
+        shutil.rmtree(out, ignore_errors=True)  # what a conversion killed midway left
+        source = {"format": entry.format, "name": entry.name, "weights": str(file),
+                  "urls": pretrained.candidate_urls(entry), "hash": entry.hash or None,
+                  "sha256": pretrained.file_hash_of(file), "variant": variant,
+                  "published_top1": entry.top1, "published_top5": entry.top5,
+                  "accuracy_source": entry.accuracy_source or None}
+        return run_files.write_model_dir(out, model, preprocessing=pretrained.preprocessing(entry.format),
+                                         source=source)
 
 
 def outputs_probabilities(model):

@@ -85,7 +85,8 @@ def train_brief(output_dir, epochs=BRIEF_EPOCHS, max_steps_per_epoch=BRIEF_STEPS
 def get_run(run_dir=None):
     """The run directory a notebook shows.
 
-    ``run_dir`` if given, else ``$KERAS_ALEXNET_RUN``, else the built-in default trained
+    ``run_dir`` if given, else ``$KERAS_ALEXNET_RUN`` (a run or model directory, or named
+    weights such as ``bvlc_alexnet``: `keras_alexnet.runs.locate`), else the built-in default trained
     briefly into ``<cache>/notebook_run`` (`train_brief`; reused once trained).
 
     Raises:
@@ -94,7 +95,7 @@ def get_run(run_dir=None):
     if run_dir is None:
         run_dir = os.environ.get(RUN_ENV) or None
     if run_dir is not None:
-        run_dir = Path(run_dir).expanduser()
+        run_dir = runs.locate(run_dir)  # a path, or named weights ("bvlc_alexnet")
         runs.find_run(run_dir)  # a missing directory or model names the path
         return run_dir
     default = synthetic.cache_dir() / DEFAULT_RUN

@@ -14,7 +14,7 @@ Files of a run directory (the names below are the only place they are spelled):
 - ``summary.json``: the final figures (`write_summary`, `read_summary`);
 - ``figures/``: PNGs of ``python -m keras_alexnet.visualize`` and the notebooks.
 
-A model directory (a converted published network, `keras_alexnet.runs.write_model_dir`)
+A model directory (a converted published network, `write_model_dir`)
 holds ``model.keras``, ``config.json`` with ``"kind": "converted"`` and
 ``mean_image.npy`` when it subtracts a mean image.
 
@@ -43,6 +43,7 @@ from pathlib import Path
 import numpy as np
 
 from keras_alexnet import recipes
+from keras_alexnet.imagenet import imagenet_class_names
 from keras_alexnet import stats as stats_lib
 
 CONFIG_FILE = "config.json"
@@ -452,3 +453,51 @@ class RunLock:
 def lock_run(run_dir):
     """``with lock_run(run_dir):`` holds `RunLock` of ``run_dir`` for the block."""
     return RunLock(run_dir)
+
+
+# ---------------------------------------------------------------------------------------
+# A model directory (a converted network)
+
+
+def write_model_dir(out_dir, model, *, preprocessing, source, mean_image=None, class_names=None):
+    """Writes a model directory (a converted network) that `keras_alexnet.runs.open_run` opens:
+    ``model.keras``, ``config.json`` with ``"kind": "converted"``, the class names and a
+    ``preprocessing`` block (crop and resize size, mean mode, ``mean_rgb`` / ``std_rgb`` in RGB
+    pixel units, ``channel_order``, provenance), and ``mean_image.npy`` when it subtracts a
+    mean image.
+
+    Written into a temporary sibling directory and renamed into place, so ``out_dir``
+    is never half-written.
+
+    Args:
+        out_dir: the directory to create (must not exist, or be empty).
+        model: the Keras model.
+        preprocessing: the ``preprocessing`` block of ``config.json`` (see the module
+            docstring).
+        source: provenance of the weights (format, file, checksum, variant).
+        mean_image: RGB float32 ``(S, S, 3)`` in pixel units, when the mean mode is image.
+        class_names: the output order; default the 1000 ImageNet wnids.
+    """
+    out_dir = Path(out_dir)
+    if out_dir.exists() and any(out_dir.iterdir()):
+        raise RunError(f"{out_dir} exists and is not empty; choose another --out.")
+    names = [str(n) for n in (class_names or imagenet_class_names())]
+    standard = tuple(names) == tuple(imagenet_class_names())
+    config = {"kind": "converted", "num_classes": len(names), "class_names": names,
+              "class_index": "imagenet" if standard else "compact",
+              "preprocessing": preprocessing, "source": source, "versions": versions()}
+    tmp = out_dir.with_name(f".tmp-{out_dir.name}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        atomic_save_model(model, tmp / CONVERTED_MODEL)
+        if mean_image is not None:
+            atomic_save_npy(np.asarray(mean_image, np.float32), tmp / MEAN_IMAGE_FILE)
+        write_config(tmp, config)
+        if out_dir.exists():
+            out_dir.rmdir()
+        os.replace(tmp, out_dir)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    fsync_dir(out_dir.parent)
+    return out_dir

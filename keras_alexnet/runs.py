@@ -8,10 +8,8 @@
 - a loaded **model** is ``Run.model``: loaded safely, on first use, and in float32
   whatever precision it was trained in (`serving_model`), for evaluation, the
   figures, predictions and export alike;
-- `write_model_dir` writes a model directory: ``model.keras``, ``config.json`` with
-  ``"kind": "converted"``, the 1000 ImageNet class names and a ``preprocessing`` block
-  (crop and resize size, mean mode, ``mean_rgb`` / ``std_rgb`` in RGB pixel units,
-  ``channel_order``, provenance), and ``mean_image.npy`` when it subtracts a mean image.
+- a name of published weights (``bvlc_alexnet``, ``imagenet``, a URL: `keras_alexnet.pretrained`)
+  opens as its converted model directory (`locate`).
 
 The files themselves (names, atomic writes) are `keras_alexnet.run_files`'; the
 training state is `keras_alexnet.training_state`'s.
@@ -21,8 +19,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import os
-import shutil
 import zipfile
 from pathlib import Path
 
@@ -30,13 +26,13 @@ import numpy as np
 
 from keras_alexnet import imagenet
 from keras_alexnet import preprocessing as pre_lib
+from keras_alexnet import pretrained
 from keras_alexnet import recipes
 from keras_alexnet import sources
 from keras_alexnet.preprocessing import Preprocessing
 from keras_alexnet.run_files import (
     CHECKPOINTS_DIR,
     CONFIG_FILE,
-    CONVERTED_MODEL,
     FIGURES_DIR,
     MEAN_IMAGE_FILE,
     METRICS_FILE,
@@ -45,15 +41,10 @@ from keras_alexnet.run_files import (
     RunError,
     RunNotFoundError,
     UnsafeModelError,
-    atomic_save_model,
-    atomic_save_npy,
-    fsync_dir,
     load_stats,
     read_config,
     read_metrics,
     read_summary,
-    versions,
-    write_config,
 )
 
 
@@ -182,6 +173,18 @@ def find_run(path):
         candidates.append(path.parent.parent)
     return path, next((d for d in candidates if (d / CONFIG_FILE).is_file()), None)
 
+
+def locate(spec, *, file_hash=None):
+    """The path ``spec`` names: itself, or for named published weights (``"imagenet"``,
+    ``"bvlc_alexnet"``, ``"caffenet"``, ``"torchvision"``, an http(s) URL:
+    `keras_alexnet.pretrained`) their converted model directory, downloaded and converted
+    on first use (`keras_alexnet.model.pretrained_dir`)."""
+    entry = pretrained.named(spec, file_hash)
+    if entry is None:
+        return Path(spec).expanduser()
+    from keras_alexnet.model import pretrained_dir
+
+    return pretrained_dir(entry)
 
 
 # ---------------------------------------------------------------------------------------
@@ -417,7 +420,7 @@ def open_run(path, *, stats=None, mean=None, resize_size=None, class_index="auto
     resize size defaults to ``crop * 256 / 227``.
 
     Args:
-        path: a run or model directory, or a ``.keras`` file.
+        path: a run or model directory, a ``.keras`` file, or named weights (`locate`).
         stats: path of a statistics ``.npz`` (``python -m keras_alexnet.stats``).
         mean: one of `keras_alexnet.preprocessing.MEAN_MODES`.
         resize_size: side of the central square.
@@ -435,7 +438,7 @@ def open_run(path, *, stats=None, mean=None, resize_size=None, class_index="auto
             pre_lib.check_mean_mode(mean)
         except ValueError as e:
             raise RunError(str(e)) from e
-    model_path, run_dir = find_run(path)
+    model_path, run_dir = find_run(locate(path))
     overrides = []
     if run_dir is None:
         if stats is None and mean != "none":  # checked before the slow load
@@ -477,43 +480,3 @@ def open_run(path, *, stats=None, mean=None, resize_size=None, class_index="auto
                preprocessing=preprocessing, class_names=class_names,
                class_index=config.get("class_index") or "auto", num_classes=num_classes,
                overrides=tuple(overrides), unsafe=unsafe)
-
-
-def write_model_dir(out_dir, model, *, preprocessing, source, mean_image=None, class_names=None):
-    """Writes a model directory (a converted network) that `open_run` opens.
-
-    Written into a temporary sibling directory and renamed into place, so ``out_dir``
-    is never half-written.
-
-    Args:
-        out_dir: the directory to create (must not exist, or be empty).
-        model: the Keras model.
-        preprocessing: the ``preprocessing`` block of ``config.json`` (see the module
-            docstring).
-        source: provenance of the weights (format, file, checksum, variant).
-        mean_image: RGB float32 ``(S, S, 3)`` in pixel units, when the mean mode is image.
-        class_names: the output order; default the 1000 ImageNet wnids.
-    """
-    out_dir = Path(out_dir)
-    if out_dir.exists() and any(out_dir.iterdir()):
-        raise RunError(f"{out_dir} exists and is not empty; choose another --out.")
-    names = [str(n) for n in (class_names or imagenet.imagenet_class_names())]
-    standard = tuple(names) == tuple(imagenet.imagenet_class_names())
-    config = {"kind": "converted", "num_classes": len(names), "class_names": names,
-              "class_index": "imagenet" if standard else "compact",
-              "preprocessing": preprocessing, "source": source, "versions": versions()}
-    tmp = out_dir.with_name(f".tmp-{out_dir.name}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    try:
-        atomic_save_model(model, tmp / CONVERTED_MODEL)
-        if mean_image is not None:
-            atomic_save_npy(np.asarray(mean_image, np.float32), tmp / MEAN_IMAGE_FILE)
-        write_config(tmp, config)
-        if out_dir.exists():
-            out_dir.rmdir()
-        os.replace(tmp, out_dir)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    fsync_dir(out_dir.parent)
-    return out_dir

@@ -132,9 +132,9 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    from keras_alexnet import run_files, sources
+    from keras_alexnet import pretrained, run_files, sources
 
     try:
         main()
-    except (run_files.RunError, sources.DatasetError, FileNotFoundError) as e:
+    except (run_files.RunError, sources.DatasetError, pretrained.WeightsError, FileNotFoundError) as e:
         sys.exit(f"error: {e}")

@@ -208,15 +208,18 @@ def _targets(model):
     return targets
 
 
-def assign_weights(model, weights, where):
+def assign_weights(model, weights, where, keep_initial=()):
     """Sets ``weights`` ({layer: [kernel, bias]}, one-device layout) into ``model``.
 
     Every shape is checked before any weight is set, so a failure leaves the model as
-    it was. Tower layouts take the halves of each layer (`split_groups`).
+    it was. Tower layouts take the halves of each layer (`split_groups`). Layers named in
+    ``keep_initial`` are left as they are.
     """
     plan = []
     targets = _targets(model)
     for name, parts in targets.items():
+        if name in keep_initial:
+            continue
         if name not in weights:
             raise ConversionError(f"{where}: no weights for layer {name!r}.")
         arrays = weights[name]
@@ -362,6 +365,25 @@ def weights_variant(weights):
     )
 
 
+def read_keras_weights(weights, variant=None):
+    """A published weights file (``.caffemodel``, Guerzhoy's ``.npy``, torchvision's
+    ``.pth``) as ``(variant, {layer: [kernel, bias]})`` in the one-device Keras layout."""
+    path = Path(weights)
+    suffix = path.suffix.lower()
+    if suffix == ".caffemodel":
+        return caffe_keras_weights(path, variant=variant)
+    if suffix == ".npy":
+        variant = variant or "bvlc_alexnet"
+        if variant not in CAFFE_VARIANTS:
+            raise ConversionError(f"{path}: variant must be one of {CAFFE_VARIANTS}, got {variant!r}.")
+        return variant, npy_keras_weights(path)
+    if suffix in (".pth", ".pt"):
+        if variant not in (None, "torchvision"):
+            raise ConversionError(f"{path}: a torchvision file is variant 'torchvision', not {variant!r}.")
+        return "torchvision", torchvision_keras_weights(path)
+    raise ConversionError(f"{path}: unknown weights (a .caffemodel, .npy or .pth).")
+
+
 def load_weights_into(model, weights):
     """Loads a model directory, ``.keras`` model, ``.caffemodel``, ``.npy`` or ``.pth``
     into ``model`` (checked completely before anything is set)."""
@@ -399,5 +421,13 @@ def load_weights_into(model, weights):
         keras_weights = torchvision_keras_weights(path)
     else:
         raise ConversionError(f"{where}: unknown weights file type.")
+    names = {layer.name for layer in model.layers}
+    if "fc8" in names and "fc8" in keras_weights:
+        file_classes = int(np.size(keras_weights["fc8"][1]))
+        if file_classes != int(model.get_layer("fc8").units):
+            # Another classes= (keras.applications' include_top with new classes): the
+            # new fc8 keeps its initialisation; every other layer is loaded.
+            keras_weights = {k: v for k, v in keras_weights.items() if k != "fc8"}
+            return assign_weights(model, keras_weights, where, keep_initial=("fc8",))
     return assign_weights(model, keras_weights, where)
 

@@ -1,7 +1,7 @@
 """Run and model directories for the export and applications tests, at toy size.
 
 - `write_converted_dir`: a model directory as ``keras_alexnet.convert`` writes it, with
-  `keras_alexnet.runs.write_model_dir`, from a tiny random AlexNet: the published networks' preprocessing variants (Caffe's BGR and
+  `keras_alexnet.run_files.write_model_dir`, from a tiny random AlexNet: the published networks' preprocessing variants (Caffe's BGR and
   channel mean; torchvision's RGB, mean and std).
 """
 
@@ -26,12 +26,12 @@ def write_converted_dir(path, preprocessing, *, classes=1000, class_names=None,
     and a 1/64 input scale, so that its softmax is far from uniform and its top-5 is
     stable to float round-off). 1000 classes: the ImageNet wnids."""
     import keras_alexnet
-    from keras_alexnet import runs
+    from keras_alexnet import run_files
 
     model = keras_alexnet.AlexNet(
         input_shape=(preprocessing["crop_size"], preprocessing["crop_size"], 3),
         classes=classes, fc_units=16, grouping=grouping, devices=devices,
         weight_stddev="he", input_scale=1 / 64, lrn_alpha=2e-5, lrn_bias=1.0, seed=seed)
-    return runs.write_model_dir(path, model, preprocessing=preprocessing,
-                                source={"format": "test", "variant": grouping},
-                                class_names=class_names, mean_image=mean_image)
+    return run_files.write_model_dir(path, model, preprocessing=preprocessing,
+                                     source={"format": "test", "variant": grouping},
+                                     class_names=class_names, mean_image=mean_image)

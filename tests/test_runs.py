@@ -18,9 +18,11 @@ LAYERS = [
     {"console", "keras_compat", "imagenet", "recipes", "synthetic", "metrics", "images",
      "weight_readers", "variants", "hardware", "analysis"},
     {"layers", "preprocessing", "sources"},
-    {"model", "data", "weight_files"},
+    {"data", "weight_files"},
     {"stats"},
     {"run_files"},
+    {"pretrained"},
+    {"model"},  # converts published weights into a model directory (run_files)
     {"training_state", "runs"},
     {"evaluation", "applications", "callbacks", "activations"},
     {"training", "figures"},  # figures reach training only as train.py's after_run hook
@@ -173,7 +175,7 @@ def test_a_converted_model_directory_opens_with_its_own_preprocessing(tiny_run, 
     """BGR, a per-channel std and a mean image: what a Caffe or torchvision model takes."""
     model = runs.open_run(tiny_run).model
     mean_image = np.random.default_rng(0).uniform(0, 255, (112, 112, 3)).astype(np.float32)
-    out = runs.write_model_dir(
+    out = run_files.write_model_dir(
         tmp_path / "converted", model, mean_image=mean_image, class_names=["a", "b", "c", "d"],
         preprocessing={"crop_size": 99, "resize_size": 112, "mean": "image", "mean_rgb": None,
                        "std_rgb": [2.0, 4.0, 8.0], "channel_order": "BGR", "provenance": "test"},
@@ -185,7 +187,7 @@ def test_a_converted_model_directory_opens_with_its_own_preprocessing(tiny_run, 
     expected = ((crops - mean_image[6:105, 6:105]) / [2.0, 4.0, 8.0])[..., ::-1]
     np.testing.assert_allclose(run.preprocessing.network_input(crops), expected, rtol=1e-6)
     with pytest.raises(run_files.RunError, match="not empty"):
-        runs.write_model_dir(out, model, preprocessing={}, source={})
+        run_files.write_model_dir(out, model, preprocessing={}, source={})
 
 
 def test_damaged_config_names_the_file(tiny_run, tmp_path):

@@ -5,6 +5,7 @@
     python train.py --data-dir /data/imagenet        # DIR/train/<wnid>/*.JPEG, DIR/val/...
     python train.py --tfds imagenette --data-dir ~/tensorflow_datasets
     python train.py --data-dir DIR --preset original # Krizhevsky's 2012 code
+    python train.py --data-dir DIR --weights RUN     # fine-tune a trained network on DIR's classes
 
 Run the same command again to resume a killed run. See README.md for every flag.
 """
@@ -15,7 +16,8 @@ import shlex
 import sys
 from pathlib import Path
 
-PRESETS = ("paper", "original", "caffe", "tiny")
+PRESETS = ("paper", "original", "caffe", "tiny", "finetune")
+FREEZABLE = ("conv1", "conv2", "conv3", "conv4", "conv5", "fc6", "fc7")  # keras_alexnet.finetune.FREEZABLE
 
 EXIT_BAD_INPUT = 2  # bad flags or data, another run's directory, a locked or damaged run
 EXIT_DIVERGED = 3  # the loss became NaN / inf; nothing of that epoch was saved
@@ -81,7 +83,14 @@ def parse_args(argv=None):
 
     r = p.add_argument_group("recipe (a preset, then these overrides)")
     r.add_argument("--preset", choices=PRESETS, default=None,
-                   help="paper (default with data), original (2012 code), caffe (bvlc_alexnet), tiny (default without data)")
+                   help="paper (default with data), original (2012 code), caffe (bvlc_alexnet), tiny (default without "
+                        "data), finetune (default with --weights)")
+    r.add_argument("--weights", metavar="SPEC",
+                   help="fine-tune: start from this network (a run directory of train.py, a model directory of "
+                        "keras_alexnet.convert, or a .keras in one) with a new fc8 for the data's classes; its "
+                        "shape and input preprocessing are the source's")
+    r.add_argument("--freeze-until", choices=FREEZABLE,
+                   help="this layer and all before it are not trained (with --weights: keep the source's)")
     r.add_argument("--epochs", type=positive_int)
     r.add_argument("--batch-size", type=positive_int)
     r.add_argument("--lr", dest="learning_rate", type=non_negative_float)
@@ -116,7 +125,8 @@ def parse_args(argv=None):
                    help="compile the train step with XLA; auto: only where it measured faster "
                         "(bf16 on a CPU without bf16 instructions)")
     s.add_argument("--steps-per-execution", type=positive_int, default=1)
-    s.add_argument("--grouping", choices=("towers", "grouped", "none"), default="towers")
+    s.add_argument("--grouping", choices=("towers", "grouped", "none"),
+                   help="default towers (with --weights: the source's)")
     s.add_argument("--devices", help="two devices for the towers, e.g. /GPU:0,/GPU:1 (default: two GPUs if present)")
     s.add_argument("--strategy", choices=("auto", "default", "mirrored", "multi-worker"), default="auto")
     s.add_argument("--max-steps-per-epoch", type=positive_int, help="cap steps per epoch (smoke runs)")
@@ -148,11 +158,11 @@ def main(argv=None):
     if args.verbose:  # read when the package first imports TensorFlow (keras_alexnet/console.py)
         os.environ["KERAS_ALEXNET_VERBOSE"] = "1"
     builtin = not args.data_dir and not args.tfds
-    preset = args.preset or ("tiny" if builtin else "paper")
+    preset = args.preset or ("finetune" if args.weights else "tiny" if builtin else "paper")
     output_dir = args.output_dir or f"runs/{'default' if builtin else preset}"
 
     # Heavy imports only after the flags are known to be good.
-    from keras_alexnet import callbacks, figures, hardware, preprocessing, recipes, run_files, synthetic, training
+    from keras_alexnet import callbacks, figures, finetune, hardware, preprocessing, recipes, run_files, synthetic, training
 
     # Multi-worker collectives must be configured before TensorFlow runs any op.
     try:
@@ -163,8 +173,19 @@ def main(argv=None):
     overrides = {k: getattr(args, k) for k in (
         "epochs", "batch_size", "learning_rate", "momentum", "weight_decay", "schedule", "plateau_patience",
         "max_lr_reductions", "lr_steps", "mean", "pca_stddev", "resize_size", "crop_size", "fc_units",
-        "lrn_alpha", "lrn_bias", "lrn", "positive_bias", "weight_stddev", "input_scale", "dropout", "seed")}
+        "lrn_alpha", "lrn_bias", "lrn", "positive_bias", "weight_stddev", "input_scale", "dropout", "seed",
+        "freeze_until")}
     try:
+        weights = None
+        if args.weights:
+            weights = finetune.open_source(args.weights)
+            conflicts = weights.conflicts(overrides)
+            source_grouping = weights.architecture()[1]
+            if args.grouping and args.grouping != source_grouping:
+                conflicts.append(f"grouping {args.grouping!r} (the source's is {source_grouping!r})")
+            if conflicts:
+                raise ValueError(f"--weights {args.weights} fixes the network's shape and input; drop "
+                                 f"the flags that change them: {'; '.join(conflicts)}")
         recipe = recipes.resolve(preset, overrides)
         preprocessing.check_mean_mode(recipe.mean)
         if recipe.crop_size > recipe.resize_size:
@@ -179,7 +200,7 @@ def main(argv=None):
                                      manual_dir=args.manual_dir).load()
         settings = training.RunSettings(
             output_dir=output_dir, precision=args.precision, xla={"auto": "auto", "on": True, "off": False}[args.xla],
-            steps_per_execution=args.steps_per_execution, grouping=args.grouping, devices=args.devices,
+            steps_per_execution=args.steps_per_execution, grouping=args.grouping or "towers", devices=args.devices,
             strategy=args.strategy, stats_max_images=args.stats_max_images,
             max_steps_per_epoch=args.max_steps_per_epoch, verbose=0 if args.quiet else 1,
             on_divergence=args.on_divergence, max_recoveries=args.max_recoveries)
@@ -189,7 +210,7 @@ def main(argv=None):
 
     try:
         summary = training.train(recipe, run_data, settings, preset=preset, stats_path=args.stats, strategy=strategy,
-                                 after_run=figures.record_training_curves)
+                                 after_run=figures.record_training_curves, weights=weights)
     except callbacks.TrainingDiverged as e:
         argv = list(sys.argv[1:] if argv is None else argv)
         print(divergence_message(e, argv, recipe.learning_rate), file=sys.stderr)

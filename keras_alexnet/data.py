@@ -135,6 +135,17 @@ class SkipReport(keras.callbacks.Callback):
 # Pipelines.
 
 
+def _preprocessing(stats, mean, crop_size, resize_size):
+    """The `keras_alexnet.preprocessing.Preprocessing` of a mean mode (or array) and sizes."""
+    pre_lib.check_sizes(crop_size, resize_size)
+    array = pre_lib.select_mean(stats, mean)
+    if isinstance(mean, str):
+        mode = mean
+    else:
+        mode = "none" if array is None else ("channel" if array.ndim == 1 else "image")
+    return pre_lib.Preprocessing(crop_size, resize_size, mode, array)
+
+
 def _mean_tensor(stats, mean, resize_size):
     """The mean to subtract as a float32 constant (`keras_alexnet.preprocessing.select_mean`,
     resized to the square), or None."""
@@ -234,6 +245,7 @@ def training_dataset(
     shuffle_buffer=10_000,
     drop_remainder=False,
     counter=None,
+    preprocessing=None,
 ):
     """The paper's training input (§2, §4.1), one pass over the source per iteration.
 
@@ -273,13 +285,18 @@ def training_dataset(
             after as many batches as the first epoch had, so only a partial last batch
             makes it read to the end of the data, where the count is completed.
         counter: optional `SkipCounter` counting undecodable files.
+        preprocessing: a `keras_alexnet.preprocessing.Preprocessing` (a fine-tuned
+            network's input: its sizes, mean, std and channel order) instead of
+            ``mean``, ``crop_size`` and ``resize_size``. The PCA noise (``stats``) is
+            added to the mean-subtracted RGB crops, before the std and channel order.
 
     Returns:
         `tf.data.Dataset` of ``(images, labels)``: float32
         ``(batch, crop_size, crop_size, 3)`` and int32 ``(batch,)``.
     """
-    pre_lib.check_sizes(crop_size, resize_size)
-    mean_t = _mean_tensor(stats, mean, resize_size)
+    pre = preprocessing or _preprocessing(stats, mean, crop_size, resize_size)
+    crop_size, resize_size = pre.crop_size, pre.resize_size
+    mean_t = None if pre.mean is None else tf.constant(pre.mean)
     from_path = source.element == "path"
 
     def view(data, view_seed):
@@ -298,6 +315,8 @@ def training_dataset(
         pca = PCAColorAugmentation(eigenvalues, eigenvectors, stddev=pca_stddev, seed=seed)
         # Sequential map: the layer's RNG state advances once per batch, in order.
         ds = ds.map(lambda images, labels: (pca(images, training=True), labels))
+    if pre.std is not None or pre.channel_order != "RGB":
+        ds = ds.map(lambda images, labels: (pre_lib.normalize(images, pre.std, pre.channel_order), labels))
     return ds.prefetch(tf.data.AUTOTUNE)
 
 
@@ -315,6 +334,7 @@ def evaluation_dataset(
     num_shards=1,
     shard_index=0,
     counter=None,
+    preprocessing=None,
 ):
     """The paper's test input (§4.1), in listing order, every image once.
 
@@ -333,6 +353,8 @@ def evaluation_dataset(
         num_shards: number of shards (every ``num_shards``-th example).
         shard_index: which shard.
         counter: optional `SkipCounter` counting undecodable files.
+        preprocessing: a model's `keras_alexnet.preprocessing.Preprocessing`, instead of
+            ``stats``, ``mean``, ``crop_size``, ``resize_size``, ``std`` and ``channel_order``.
 
     Returns:
         `tf.data.Dataset` of ``(images, labels)``: images float32
@@ -342,6 +364,11 @@ def evaluation_dataset(
     """
     if crops not in pre_lib.CROPS:
         raise ValueError(f"crops must be one of {pre_lib.CROPS}, got {crops!r}.")
+    if preprocessing is not None:
+        pre = preprocessing
+        stats, crop_size, resize_size = None, pre.crop_size, pre.resize_size
+        mean = pre.mean if pre.mean is not None else "none"
+        std, channel_order = pre.std, pre.channel_order
     pre_lib.check_sizes(crop_size, resize_size)
     mean_t = _mean_tensor(stats, mean, resize_size)
     from_path = source.element == "path"
@@ -362,8 +389,4 @@ def preprocessed_dataset(source, preprocessing, batch_size=32, crops="center", c
     """`evaluation_dataset` of ``source`` with a model's
     `keras_alexnet.preprocessing.Preprocessing` (what evaluation and predictions feed
     ``Run.model``)."""
-    pre = preprocessing
-    return evaluation_dataset(
-        source, batch_size, mean=pre.mean if pre.mean is not None else "none", crops=crops,
-        crop_size=pre.crop_size, resize_size=pre.resize_size, std=pre.std,
-        channel_order=pre.channel_order, counter=counter)
+    return evaluation_dataset(source, batch_size, crops=crops, counter=counter, preprocessing=preprocessing)

@@ -55,6 +55,9 @@ class Recipe:
     mean: str = "image"  # §2 subtract the mean image; "channel" or "none" as options
     pca_stddev: float = 0.1  # §4.1 alpha ~ N(0, 0.1)
     pca_off_epoch: Optional[int] = None  # epoch from which PCA noise stops (2012 code: 67)
+    # Fine-tuning (train.py --weights): this layer and all before it keep the source's
+    # weights (not trainable); one of conv1 ... fc7, or None (everything trains).
+    freeze_until: Optional[str] = None
     # Not hyper-parameters of the network, but of the run.
     seed: int = 0
 
@@ -174,6 +177,25 @@ PRESETS = {
         "weight_stddev": ({"default": "he", "fc8": 0.01},
                           "N(0, 2/fan_in) (He et al. 2015), the paper's 0.01 stalls at toy size; fc8 the paper's 0.01"),
         "positive_bias": (0.0, "zero biases with He init"),
+    },
+    # Fine-tuning a trained network on new classes (train.py --weights, which picks this
+    # preset unless --preset is given). The network's shape and input come from the
+    # weights, not from here. Two published recipes:
+    # - Caffe's examples/finetune_flickr_style (solver.prototxt): every layer trains,
+    #   base_lr 0.001 with the new fc8 at 10x (lr_mult), step policy, stepsize 20,000 of
+    #   100,000 iterations at batch 50;
+    # - kratzert/finetune_alexnet_with_tensorflow: only fc7 and fc8 train, lr 0.01, 10
+    #   epochs.
+    # We train every layer by default, as Caffe does, so Caffe's rate: 0.01 on pretrained
+    # conv layers undoes much of what they learned (the reason Caffe's example lowers it);
+    # kratzert's 0.01 is for fc7/fc8 alone (--freeze-until fc6 --lr 0.01 is that recipe).
+    # One rate for all layers here (no 10x fc8). Fewer epochs than from scratch, with the
+    # plateau cut; the rest (momentum, decay, batch, dropout, PCA noise) the paper's.
+    "finetune": {
+        "learning_rate": (0.001, "Caffe's finetune_flickr_style base_lr (every layer trains)"),
+        "epochs": (20, "fine-tuning converges in a fraction of a from-scratch run (kratzert: 10 epochs; "
+                       "Caffe: 100,000 iterations at batch 50)"),
+        "plateau_patience": (3, "a short run: lr / 10 after 3 epochs without a new best"),
     },
 }
 

@@ -255,6 +255,16 @@ def check_config(run_dir, config):
         return
     saved = _read_json(path)
     config = json.loads(json.dumps(config, default=str))  # tuples -> lists, as saved
+    # The weights a fine-tuned run started from (train.py --weights): the same file, by
+    # its sha256, wherever it is now.
+    old, new = saved.get("weights") or {}, config.get("weights") or {}
+    if old.get("sha256") != new.get("sha256"):
+        what = (f"was fine-tuned from --weights {old.get('spec')} ({old.get('path')}, sha256 "
+                f"{str(old.get('sha256'))[:12]}...)" if old else "was trained from scratch (no --weights)")
+        given = f"--weights {new.get('spec')} (sha256 {str(new.get('sha256'))[:12]}...)" if new else "no --weights"
+        raise ConfigMismatchError(
+            f"{run_dir} holds a run that {what}; it cannot be resumed with {given}. Use the "
+            "same --weights to resume it, or another --output-dir for a new run.")
     old_recipe = saved.get("recipe")
     if old_recipe:
         # A recipe written before `Recipe.variant` existed built the paper's network

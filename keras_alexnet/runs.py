@@ -371,6 +371,13 @@ def _converted_preprocessing(run_dir, config, mean, resize_size, overrides):
 
 
 def _trained_preprocessing(run_dir, config, stats, mean, resize_size, overrides):
+    if config.get("preprocessing"):
+        # A fine-tuned run (train.py --weights) was fed its source's input, recorded in
+        # its config (and mean_image.npy) as a converted model's is.
+        if stats is not None:
+            raise RunError(f"--stats does not apply to {run_dir}: it was fine-tuned with its "
+                           f"source's preprocessing ({run_dir / CONFIG_FILE}).")
+        return _converted_preprocessing(run_dir, config, mean, resize_size, overrides)
     recipe = config.get("recipe") or {}
     where = run_dir / CONFIG_FILE
     crop = int(recipe.get("crop_size") or pre_lib.CROP_SIZE)

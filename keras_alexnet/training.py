@@ -24,6 +24,7 @@ import keras
 import tensorflow as tf
 
 from keras_alexnet import data as data_lib
+from keras_alexnet import finetune
 from keras_alexnet import keras_compat
 from keras_alexnet import run_files, sources, training_state
 from keras_alexnet import stats as stats_lib
@@ -173,15 +174,22 @@ def _prepare_stats(train_source, recipe, run_dir, stats_path, max_images, is_chi
     return stats
 
 
-def _datasets(recipe, train_source, val_source, stats, counter, num_workers, worker_index,
+def run_preprocessing(recipe, stats, weights=None):
+    """The `keras_alexnet.preprocessing.Preprocessing` a run's network is fed with: the
+    source's when fine-tuning (``weights``, a `keras_alexnet.finetune.SourceWeights`),
+    else the recipe's sizes and mean (the mean from ``stats``)."""
+    if weights is not None:
+        return weights.preprocessing
+    return data_lib._preprocessing(stats, recipe.mean, recipe.crop_size, recipe.resize_size)
+
+
+def _datasets(recipe, train_source, val_source, stats, preprocessing, counter, num_workers, worker_index,
               seed_offset=0, pca=True, max_steps=None):
     train_ds = data_lib.training_dataset(
         train_source,
         recipe.batch_size // num_workers,
         stats=stats,
-        mean=recipe.mean,
-        crop_size=recipe.crop_size,
-        resize_size=recipe.resize_size,
+        preprocessing=preprocessing,
         pca_stddev=recipe.pca_stddev if pca else 0.0,
         seed=recipe.seed + seed_offset,
         num_shards=num_workers,
@@ -191,10 +199,7 @@ def _datasets(recipe, train_source, val_source, stats, counter, num_workers, wor
     val_ds = data_lib.evaluation_dataset(
         val_source,
         recipe.batch_size // num_workers,
-        stats=stats,
-        mean=recipe.mean,
-        crop_size=recipe.crop_size,
-        resize_size=recipe.resize_size,
+        preprocessing=preprocessing,
         num_shards=num_workers,
         shard_index=worker_index,
     )
@@ -210,9 +215,12 @@ def _datasets(recipe, train_source, val_source, stats, counter, num_workers, wor
     return train_ds.repeat(), val_ds, steps
 
 
-def build_model(recipe, num_classes, grouping="towers", devices=None, classifier_activation="softmax"):
-    """`AlexNet` with the recipe's architecture, initialisation and weight decay."""
-    return AlexNet(
+def build_model(recipe, num_classes, grouping="towers", devices=None, classifier_activation="softmax",
+                weights=None):
+    """`AlexNet` with the recipe's architecture, initialisation and weight decay; with
+    ``weights`` (a `keras_alexnet.finetune.SourceWeights`) every layer but fc8 copied from
+    the source; the layers up to ``recipe.freeze_until`` not trainable."""
+    model = AlexNet(
         classes=num_classes,
         grouping=grouping,
         devices=devices,
@@ -220,6 +228,11 @@ def build_model(recipe, num_classes, grouping="towers", devices=None, classifier
         classifier_activation=classifier_activation,
         **recipe.model_kwargs(),
     )
+    if weights is not None:
+        finetune.copy_weights(weights.run.model, model)
+    if recipe.freeze_until:
+        finetune.freeze(model, recipe.freeze_until)
+    return model
 
 
 def compile_model(model, recipe, settings):
@@ -233,7 +246,8 @@ def compile_model(model, recipe, settings):
     return model
 
 
-def train(recipe, data, settings, *, preset=None, stats_path=None, strategy=None, after_run=None):
+def train(recipe, data, settings, *, preset=None, stats_path=None, strategy=None, after_run=None,
+          weights=None):
     """Trains (or resumes) a run and returns its summary dict.
 
     Args:
@@ -250,6 +264,13 @@ def train(recipe, data, settings, *, preset=None, stats_path=None, strategy=None
             saved, before ``summary.json`` is written; the dict it returns is added to
             the summary (``train.py`` draws the training curves with it:
             `keras_alexnet.figures.record_training_curves`).
+        weights: fine-tuning (``train.py --weights``): a
+            `keras_alexnet.finetune.SourceWeights`. The network's shape and input (the
+            recipe's `keras_alexnet.finetune.ARCHITECTURE_FIELDS` and the grouping) become
+            the source's, every layer but fc8 starts as the source's, and the network is
+            fed with the source's preprocessing (PCA noise from this run's statistics).
+            ``config.json`` records it (``"weights"``, ``"preprocessing"``); a resume
+            must give the same weights.
 
     Returns:
         The dict also written to ``summary.json``.
@@ -261,6 +282,8 @@ def train(recipe, data, settings, *, preset=None, stats_path=None, strategy=None
         TrainingDiverged: the loss became non-finite (nothing of that epoch is saved).
     """
     run_dir = Path(settings.output_dir)
+    if weights is not None:
+        recipe, settings = weights.adapt(recipe, settings)
     if settings.precision == "auto":
         settings = dataclasses.replace(settings, precision=choose_precision())
         print(f"Precision: {settings.precision} (chosen for this hardware; --precision to override).", flush=True)
@@ -286,13 +309,13 @@ def train(recipe, data, settings, *, preset=None, stats_path=None, strategy=None
     try:
         with run_files.lock_run(own_dir):
             return _train_locked(recipe, data, settings, preset, stats_path, strategy, after_run,
-                                 run_dir, num_workers, worker_index, is_chief)
+                                 run_dir, num_workers, worker_index, is_chief, weights)
     finally:
         keras.mixed_precision.set_global_policy(callers_policy)
 
 
 def _train_locked(recipe, data, settings, preset, stats_path, strategy, after_run,
-                  run_dir, num_workers, worker_index, is_chief):
+                  run_dir, num_workers, worker_index, is_chief, weights=None):
     train_source, val_source = data.train, data.val
     config = {
         "recipe": recipe.to_dict(),
@@ -305,14 +328,21 @@ def _train_locked(recipe, data, settings, preset, stats_path, strategy, after_ru
         # Relative paths in "data" are relative to this (notebooks resolve them with it).
         "working_dir": os.getcwd(),
     }
+    if weights is not None:  # the source, and the input its network takes (runs.open_run reads it)
+        config["weights"] = weights.config()
+        config["preprocessing"] = dict(weights.preprocessing.to_json(), provenance=f"the source {weights.spec}")
     run_files.check_config(run_dir, config)
     if is_chief:
+        if weights is not None and weights.preprocessing.mean_mode == "image":
+            run_files.atomic_save_npy(weights.preprocessing.mean, run_dir / run_files.MEAN_IMAGE_FILE)
         run_files.write_config(run_dir, config)
 
     stats = _prepare_stats(train_source, recipe, run_dir, stats_path, settings.stats_max_images, is_chief)
+    preprocessing = run_preprocessing(recipe, stats, weights)
 
     with strategy.scope():
-        model = build_model(recipe, train_source.num_classes, settings.grouping, settings.devices)
+        model = build_model(recipe, train_source.num_classes, settings.grouping, settings.devices,
+                            weights=weights)
         compile_model(model, recipe, settings)
 
     plateau = steps_schedule = None
@@ -367,8 +397,8 @@ def _train_locked(recipe, data, settings, preset, stats_path, strategy, after_ru
     start = time.time()
     while True:
         try:
-            _fit_phases(model, recipe, settings, train_source, val_source, stats, counter, num_workers,
-                        worker_index, callbacks, initial_epoch)
+            _fit_phases(model, recipe, settings, train_source, val_source, stats, preprocessing, counter,
+                        num_workers, worker_index, callbacks, initial_epoch)
             break
         except TrainingDiverged as e:
             e.run_dir = run_dir
@@ -414,8 +444,8 @@ def _train_locked(recipe, data, settings, preset, stats_path, strategy, after_ru
     return summary
 
 
-def _fit_phases(model, recipe, settings, train_source, val_source, stats, counter, num_workers,
-                worker_index, callbacks, initial_epoch):
+def _fit_phases(model, recipe, settings, train_source, val_source, stats, preprocessing, counter,
+                num_workers, worker_index, callbacks, initial_epoch):
     """`model.fit` from ``initial_epoch`` to the end, one call per data phase."""
     # Phases: the 2012 code switches PCA noise off at an epoch; a new dataset per phase.
     boundaries = [initial_epoch]
@@ -426,7 +456,7 @@ def _fit_phases(model, recipe, settings, train_source, val_source, stats, counte
         if begin >= end:
             continue
         pca_on = not (recipe.pca_off_epoch and begin >= recipe.pca_off_epoch)
-        train_ds, val_ds, steps = _datasets(recipe, train_source, val_source, stats, counter,
+        train_ds, val_ds, steps = _datasets(recipe, train_source, val_source, stats, preprocessing, counter,
                                             num_workers, worker_index, seed_offset=begin, pca=pca_on,
                                             max_steps=settings.max_steps_per_epoch)
         with warnings.catch_warnings():

@@ -1,0 +1,144 @@
+"""Fine-tuning (train.py --weights): a toy source trained on 4 synthetic classes, fine-tuned
+on the other 4 with a new fc8, against a from-scratch run on the same 4 classes."""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+import train_cli
+from keras_alexnet import finetune, recipes, run_files, runs, synthetic, training
+
+# Toy size. The source: 4 classes x 64 images, 10 epochs of 16 steps at a constant rate,
+# without dropout, PCA noise or decay, one tower without LRN (the cheapest layout to train
+# here): about 10 s, ending near 50% validation error (chance 75%).
+SOURCE = dict(crop_size=67, resize_size=76, fc_units=64, batch_size=16, epochs=10, schedule="steps",
+              dropout=0.0, pca_stddev=0.0, weight_decay=0.0, lrn=False)
+# Both runs on the new classes: one epoch of 16 steps at batch 16, seed 0. The fine-tuned
+# run takes the finetune preset with the rate of 0.01 (the preset's 0.001 moves a new fc8
+# too little in 16 steps).
+RUN_FLAGS = ["--epochs", "1", "--batch-size", "16", "--quiet", "--precision", "float32", "--seed", "0"]
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    """The synthetic dataset's first 4 classes (``a``) and its last 4 (``b``)."""
+    root = tmp_path_factory.mktemp("finetune_data")
+    all8 = synthetic.make_dataset(root / "all8", num_classes=8, train_per_class=64, val_per_class=10, size=76)
+    for name, classes in (("a", synthetic.CLASSES[:4]), ("b", synthetic.CLASSES[4:])):
+        for split in ("train", "val"):
+            (root / name / split).mkdir(parents=True)
+            for c in classes:
+                shutil.move(all8 / split / c, root / name / split / c)
+    return root
+
+
+@pytest.fixture(scope="module")
+def source(data, tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("source") / "run"
+    settings = training.RunSettings(output_dir=str(run_dir), verbose=0, precision="float32", grouping="none")
+    training.train(recipes.resolve("tiny", SOURCE), training.DataSpec(str(data / "a")).load(), settings,
+                   preset="tiny")
+    return run_dir
+
+
+def first_epoch_error(run_dir):
+    return float(run_files.read_metrics(run_dir / run_files.METRICS_FILE)["val_top1_error"][0])
+
+
+def test_fine_tuning_beats_training_from_scratch_and_records_its_source(data, source, tmp_path):
+    ft, scratch = tmp_path / "ft", tmp_path / "scratch"
+    code, _, err = train_cli.main(["--data-dir", data / "b", "--weights", source, "--output-dir", ft,
+                                   "--lr", "0.01", *RUN_FLAGS])
+    assert code == 0, err[-3000:]
+    code, _, err = train_cli.main(["--data-dir", data / "b", "--output-dir", scratch, "--preset", "tiny",
+                                   "--crop-size", "67", "--resize-size", "76", "--fc-units", "64",
+                                   "--grouping", "none", "--no-lrn", *RUN_FLAGS])
+    assert code == 0, err[-3000:]
+    ft_error, scratch_error = first_epoch_error(ft), first_epoch_error(scratch)
+    print(f"first-epoch validation top-1 error: fine-tuned {ft_error:.1%}, from scratch {scratch_error:.1%}")
+    assert ft_error <= scratch_error / 2, (ft_error, scratch_error)
+
+    config = json.loads((ft / "config.json").read_text())
+    src = runs.open_run(source)
+    assert config["weights"] == {"spec": str(source), "path": str(source),
+                                 "sha256": finetune._sha256(src.model_path)}
+    assert config["data"]["preset"] == "finetune" and config["recipe"]["learning_rate"] == 0.01
+    assert config["settings"]["grouping"] == "none" and config["recipe"]["lrn"] is False  # the source's
+    assert config["recipe"]["fc_units"] == 64 and config["num_classes"] == 4
+
+    # evaluate.py's view of the run: the source's preprocessing, the new classes.
+    run = runs.open_run(ft)
+    a, b = run.preprocessing, src.preprocessing
+    assert (a.crop_size, a.resize_size, a.mean_mode, a.channel_order) == (b.crop_size, b.resize_size,
+                                                                          b.mean_mode, b.channel_order)
+    np.testing.assert_array_equal(a.mean, b.mean)
+    assert a.std is None and b.std is None
+    assert run.class_names == tuple(sorted(synthetic.CLASSES[4:])) and run.model.output_shape[-1] == 4
+
+    # The initial model, built as train() builds it: every conv layer exactly the source's.
+    weights = finetune.open_source(str(source))
+    recipe, settings = weights.adapt(run.recipe, training.RunSettings())
+    initial = training.build_model(recipe, 4, settings.grouping, weights=weights)
+    for name in ("conv1", "conv2", "conv3", "conv4", "conv5", "fc6", "fc7"):
+        for got, want in zip(initial.get_layer(name).get_weights(), src.model.get_layer(name).get_weights()):
+            np.testing.assert_array_equal(got, want, err_msg=name)
+
+    # A resume with other weights, or none, is refused, naming the run.
+    code, _, err = train_cli.main(["--data-dir", data / "b", "--weights", scratch, "--output-dir", ft, *RUN_FLAGS])
+    assert code == 2 and str(ft) in err and "fine-tuned from" in err and str(scratch) in err
+    code, _, err = train_cli.main(["--data-dir", data / "b", "--output-dir", ft, *RUN_FLAGS])
+    assert code == 2 and str(ft) in err and "no --weights" in err
+    # Weights that do not exist: the path in the message.
+    code, _, err = train_cli.main(["--data-dir", data / "b", "--weights", tmp_path / "nowhere",
+                                   "--output-dir", tmp_path / "x", *RUN_FLAGS])
+    assert code == 2 and str(tmp_path / "nowhere") in err
+    # Flags that would change the source's shape are refused.
+    code, _, err = train_cli.main(["--data-dir", data / "b", "--weights", source, "--crop-size", "99",
+                                   "--output-dir", tmp_path / "y", *RUN_FLAGS])
+    assert code == 2 and "crop_size 99" in err
+
+
+def test_a_converted_caffe_net_is_fed_bgr_minus_its_mean_and_freezing_keeps_the_convs(data, tmp_path):
+    """A model directory as keras_alexnet.convert writes it (Caffe's BGR and channel mean,
+    two towers), fine-tuned with --freeze-until conv5 for two steps."""
+    from keras_alexnet.model import AlexNet
+
+    net = AlexNet(variant="bvlc_alexnet", input_shape=(67, 67, 3), fc_units=16, classes=10, seed=1)
+    pre = {"crop_size": 67, "resize_size": 76, "mean": "channel", "mean_rgb": [123.0, 117.0, 104.0],
+           "channel_order": "BGR", "provenance": "a toy Caffe net"}
+    source = runs.write_model_dir(tmp_path / "converted", net, preprocessing=pre,
+                                  source={"format": "caffe", "sha256": "ab" * 32, "variant": "bvlc_alexnet"},
+                                  class_names=[f"c{i}" for i in range(10)])
+    recipe = recipes.resolve("finetune", dict(batch_size=8, epochs=1, freeze_until="conv5"))
+    settings = training.RunSettings(output_dir=str(tmp_path / "ft"), verbose=0, precision="float32",
+                                    max_steps_per_epoch=2)
+    training.train(recipe, training.DataSpec(str(data / "b")).load(), settings, weights=finetune.open_source(source))
+
+    run = runs.open_run(tmp_path / "ft")
+    assert run.config["weights"]["sha256"] == "ab" * 32
+    assert run.config["settings"]["grouping"] == "towers" and run.recipe.variant == "bvlc_alexnet"
+    assert run.preprocessing.channel_order == "BGR" and run.preprocessing.mean_mode == "channel"
+    np.testing.assert_array_equal(run.preprocessing.mean, [123.0, 117.0, 104.0])
+    trained = run.model
+    for layer in net.layers:
+        if layer.name.startswith("conv") and layer.get_weights():
+            for got, want in zip(trained.get_layer(layer.name).get_weights(), layer.get_weights()):
+                np.testing.assert_array_equal(got, want, err_msg=layer.name)
+    fc7 = [w for w in trained.get_layer("fc7").get_weights()]
+    assert any(not np.array_equal(g, w) for g, w in zip(fc7, net.get_layer("fc7").get_weights()))
+
+
+def test_the_training_pipeline_feeds_the_source_its_own_input(data):
+    """The same seed through a BGR / std preprocessing gives the RGB views reversed and divided."""
+    from keras_alexnet import data as data_lib
+    from keras_alexnet.preprocessing import Preprocessing
+
+    source = training.DataSpec(str(data / "b")).load().train
+    mean = np.array([123.0, 117.0, 104.0], np.float32)
+    rgb = Preprocessing(67, 76, "channel", mean)
+    bgr = Preprocessing(67, 76, "channel", mean, std=[2.0, 4.0, 8.0], channel_order="BGR")
+    views = [next(iter(data_lib.training_dataset(source, 4, preprocessing=p, pca_stddev=0.0, seed=3)))[0].numpy()
+             for p in (rgb, bgr)]
+    np.testing.assert_allclose(views[1], (views[0] / [2.0, 4.0, 8.0])[..., ::-1], rtol=1e-6)

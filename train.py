@@ -17,7 +17,6 @@ import sys
 from pathlib import Path
 
 PRESETS = ("paper", "original", "caffe", "tiny", "finetune")
-FREEZABLE = ("conv1", "conv2", "conv3", "conv4", "conv5", "fc6", "fc7")  # keras_alexnet.finetune.FREEZABLE
 
 EXIT_BAD_INPUT = 2  # bad flags or data, another run's directory, a locked or damaged run
 EXIT_DIVERGED = 3  # the loss became NaN / inf; nothing of that epoch was saved
@@ -86,11 +85,13 @@ def parse_args(argv=None):
                    help="paper (default with data), original (2012 code), caffe (bvlc_alexnet), tiny (default without "
                         "data), finetune (default with --weights)")
     r.add_argument("--weights", metavar="SPEC",
-                   help="fine-tune: start from this network (a run directory of train.py, a model directory of "
+                   help="fine-tune: start from this network (named published weights: imagenet = bvlc_alexnet, "
+                        "caffenet, torchvision; a run directory of train.py, a model directory of "
                         "keras_alexnet.convert, or a .keras in one) with a new fc8 for the data's classes; its "
                         "shape and input preprocessing are the source's")
-    r.add_argument("--freeze-until", choices=FREEZABLE,
-                   help="this layer and all before it are not trained (with --weights: keep the source's)")
+    r.add_argument("--freeze-until", metavar="LAYER",
+                   help="conv1 ... conv5, fc6 or fc7: this layer and all before it are not trained (with "
+                        "--weights: they keep the source's weights)")
     r.add_argument("--epochs", type=positive_int)
     r.add_argument("--batch-size", type=positive_int)
     r.add_argument("--lr", dest="learning_rate", type=non_negative_float)
@@ -188,6 +189,9 @@ def main(argv=None):
                                  f"the flags that change them: {'; '.join(conflicts)}")
         recipe = recipes.resolve(preset, overrides)
         preprocessing.check_mean_mode(recipe.mean)
+        if recipe.freeze_until is not None and recipe.freeze_until not in finetune.FREEZABLE:
+            raise ValueError(f"--freeze-until must be one of {', '.join(finetune.FREEZABLE)}, got "
+                             f"{recipe.freeze_until!r}")
         if recipe.crop_size > recipe.resize_size:
             raise ValueError(f"--crop-size {recipe.crop_size} is larger than --resize-size {recipe.resize_size}")
         if builtin:
@@ -204,7 +208,7 @@ def main(argv=None):
             strategy=args.strategy, stats_max_images=args.stats_max_images,
             max_steps_per_epoch=args.max_steps_per_epoch, verbose=0 if args.quiet else 1,
             on_divergence=args.on_divergence, max_recoveries=args.max_recoveries)
-    except (ValueError, FileNotFoundError) as e:  # bad paths, bad data, bad values
+    except (ValueError, OSError, run_files.RunError) as e:  # bad paths, data, values; weights not had
         print(f"train.py: error: {e}", file=sys.stderr)
         return 2
 

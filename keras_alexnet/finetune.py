@@ -18,9 +18,10 @@ It is one way to make a run's initial model and preprocessing, nothing more:
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 from pathlib import Path
 
+from keras_alexnet import runs
+from keras_alexnet.pretrained import file_hash_of
 from keras_alexnet.layers import PAPER_LAYERS, GroupedConv2D, LocalResponseNormalization, OnDevice
 
 # The layers --freeze-until may name: each with every layer before it (fc8 is always new).
@@ -29,14 +30,6 @@ NEW_LAYER = "fc8"
 # The recipe fields the source fixes (its network's shape and input).
 ARCHITECTURE_FIELDS = ("variant", "lrn", "lrn_depth_radius", "lrn_bias", "lrn_alpha", "lrn_beta",
                        "fc_units", "input_scale", "crop_size", "resize_size", "mean")
-
-
-def _sha256(path):
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _leaf(layer):
@@ -86,7 +79,7 @@ class SourceWeights:
     def sha256(self):
         """The converted directory's ``source.sha256`` (the published file's), else the
         sha256 of the source's model file."""
-        return (self.run.config.get("source") or {}).get("sha256") or _sha256(self.run.model_path)
+        return (self.run.config.get("source") or {}).get("sha256") or file_hash_of(self.run.model_path)
 
     def config(self):
         """``config.json``'s ``"weights"``: what a resume must find unchanged (the sha256)."""
@@ -113,20 +106,21 @@ class SourceWeights:
 
 
 def open_source(spec):
-    """`SourceWeights` of what ``spec`` names (`keras_alexnet.pretrained.open_model`).
+    """`SourceWeights` of what ``spec`` names (`keras_alexnet.runs.open_run`: a run or model
+    directory, a ``.keras`` in one, or named published weights such as ``bvlc_alexnet``).
 
     Raises:
         keras_alexnet.run_files.RunNotFoundError: ``spec`` names nothing that exists
             (the message names the path).
         keras_alexnet.run_files.RunError: it is not a model train.py can start from.
     """
-    from keras_alexnet import pretrained
     from keras_alexnet.run_files import RunError, RunNotFoundError
 
-    path = pretrained.resolve(spec)
+    path = runs.locate(spec)  # named weights: downloaded and converted once
     if not Path(path).exists():
-        raise RunNotFoundError(f"--weights {spec}: {path} does not exist.")
-    run = pretrained.open_model(spec)
+        raise RunNotFoundError(f"--weights {spec}: {path} does not exist (nor is it named weights: "
+                               "python -m keras_alexnet.pretrained list).")
+    run = runs.open_run(path)
     missing = [name for name in (*FREEZABLE, NEW_LAYER) if name not in _paper_layers(run.model)]
     if missing:
         raise RunError(f"--weights {spec}: {run.model_path} lacks the layers {missing} "

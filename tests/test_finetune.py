@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import train_cli
-from keras_alexnet import finetune, recipes, run_files, runs, synthetic, training
+from keras_alexnet import finetune, pretrained, recipes, run_files, runs, synthetic, training
 
 # Toy size. The source: 4 classes x 64 images, 10 epochs of 16 steps at a constant rate,
 # without dropout, PCA noise or decay, one tower without LRN (the cheapest layout to train
@@ -63,7 +63,7 @@ def test_fine_tuning_beats_training_from_scratch_and_records_its_source(data, so
     config = json.loads((ft / "config.json").read_text())
     src = runs.open_run(source)
     assert config["weights"] == {"spec": str(source), "path": str(source),
-                                 "sha256": finetune._sha256(src.model_path)}
+                                 "sha256": pretrained.file_hash_of(src.model_path)}
     assert config["data"]["preset"] == "finetune" and config["recipe"]["learning_rate"] == 0.01
     assert config["settings"]["grouping"] == "none" and config["recipe"]["lrn"] is False  # the source's
     assert config["recipe"]["fc_units"] == 64 and config["num_classes"] == 4

@@ -24,7 +24,7 @@ LAYERS = [
     {"pretrained"},
     {"model"},  # converts published weights into a model directory (run_files)
     {"training_state", "runs"},
-    {"evaluation", "applications", "callbacks", "activations", "pretrained", "finetune"},
+    {"evaluation", "applications", "callbacks", "activations", "finetune"},
     {"training", "figures"},  # figures reach training only as train.py's after_run hook
     {"notebook_utils", "__init__", "export", "convert"},
 ]

@@ -45,7 +45,7 @@ def _architecture(model):
         grouping = "grouped"
     else:
         grouping = "none"
-    lrns = [l for l in model._flatten_layers() if isinstance(l, LocalResponseNormalization)]
+    lrns = [_leaf(l) for l in model.layers if isinstance(_leaf(l), LocalResponseNormalization)]
     fields = dict(variant=getattr(model, "variant", "paper") or "paper", lrn=bool(lrns),
                   fc_units=int(model.get_layer("fc6").units), crop_size=int(model.input_shape[1]),
                   input_scale=float(model.get_layer("input_scale").scale) if "input_scale" in names else 1.0)

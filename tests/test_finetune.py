@@ -11,18 +11,20 @@ import train_cli
 from keras_alexnet import finetune, pretrained, recipes, run_files, runs, synthetic, training
 
 # Toy size (67 px crops, fc 64, one tower without LRN: the cheapest AlexNet to train here).
-# The source: the first 4 synthetic classes, 512 images each, trained with Adam (2e-3 with a
-# cosine decay, batch 32, 8 passes: 512 steps) through the package's own pipeline: 10.5%
-# validation error on its classes (the tiny SGD recipe is near 55% after as many steps; any
-# trained network can be a source, and a weak one would test little).
-CLASSES_PER_SPLIT, TRAIN_PER_CLASS, VAL_PER_CLASS = 4, 512, 50
+# The source: 4 synthetic classes (cross, stripes, star, checker), 256 images each, trained
+# with Adam (2e-3 with a cosine decay, batch 32, 12 passes: 384 steps) through the package's
+# own pipeline, to about 10% validation error on its classes (the tiny SGD recipe is near
+# 55% after as many steps; any trained network can be a source, and a weak one would test
+# little).
+CLASSES_PER_SPLIT, TRAIN_PER_CLASS, VAL_PER_CLASS = 4, 256, 50
 SOURCE_MODEL = dict(input_shape=(67, 67, 3), fc_units=64, grouping="none", lrn=False, dropout=0.0,
                     weight_stddev={"default": "he", "fc8": 0.01}, positive_bias=0.0, input_scale=1 / 64)
-SOURCE_PASSES, SOURCE_BATCH, SOURCE_LR = 8, 32, 2e-3
-# Both runs on the other 4 classes: one epoch (128 steps of 16) at the finetune preset's
-# rate of 0.001, seed 0, float32, no dropout or PCA noise (toy fc layers of 64). The
-# from-scratch run is the tiny preset (its He initialisation and input scale: the paper's
-# N(0, 0.01) stalls at toy size) with the same rate and flags, so only the initial weights differ.
+SOURCE_PASSES, SOURCE_BATCH, SOURCE_LR = 12, 32, 2e-3
+# Both runs on the other 4 classes (disc, square, triangle, ring): one epoch (64 steps of 16)
+# at the finetune preset's rate of 0.001, seed 0, float32, no dropout or PCA noise (toy fc
+# layers of 64). The from-scratch run is the tiny preset (its He initialisation and input
+# scale: the paper's N(0, 0.01) stalls at toy size) with the same rate and flags, so only
+# the initial weights differ.
 RUN_FLAGS = ["--epochs", "1", "--batch-size", "16", "--quiet", "--precision", "float32", "--seed", "0",
              "--dropout", "0", "--pca-stddev", "0", "--lr", "0.001"]
 
@@ -90,10 +92,9 @@ def test_fine_tuning_beats_training_from_scratch_and_records_its_source(data, so
     assert code == 0, err[-3000:]
     ft_error, scratch_error = first_epoch_error(ft), first_epoch_error(scratch)
     print(f"first-epoch validation top-1 error: fine-tuned {ft_error:.1%}, from scratch {scratch_error:.1%}")
-    # Measured here: 46.0% against 60.0% (the other way round, source on disc...ring: 45% against
-    # 48%). The issue asks for at most half; these synthetic shape groups share too little for
-    # that at toy size (a linear probe on the source's fc7 gives 53.5%): see the README.
-    assert ft_error <= 0.85 * scratch_error, (ft_error, scratch_error)
+    # Measured: 46.5% against 73.0%. Half (what the issue asked) is not reached at toy size:
+    # these synthetic shape groups share little (README, "Fine-tune on your own folders").
+    assert ft_error <= 0.8 * scratch_error, (ft_error, scratch_error)
 
     config = json.loads((ft / "config.json").read_text())
     src = runs.open_run(source)
@@ -119,6 +120,18 @@ def test_fine_tuning_beats_training_from_scratch_and_records_its_source(data, so
     for name in ("conv1", "conv2", "conv3", "conv4", "conv5", "fc6", "fc7"):
         for got, want in zip(initial.get_layer(name).get_weights(), src.model.get_layer(name).get_weights()):
             np.testing.assert_array_equal(got, want, err_msg=name)
+
+    # A run of train.py as the source (the from-scratch run, trained on b): fine-tuned on a,
+    # it subtracts the source's mean image, not its own data's (whose statistics are only
+    # for the PCA noise).
+    code, _, err = train_cli.main(["--data-dir", data / "a", "--weights", scratch, "--output-dir",
+                                   tmp_path / "from_run", "--max-steps-per-epoch", "2", *RUN_FLAGS])
+    assert code == 0, err[-3000:]
+    src_run, ft_run = runs.open_run(scratch), runs.open_run(tmp_path / "from_run")
+    assert src_run.preprocessing.mean_mode == ft_run.preprocessing.mean_mode == "image"
+    np.testing.assert_array_equal(ft_run.preprocessing.mean, src_run.preprocessing.mean)
+    own = run_files.load_stats(tmp_path / "from_run" / run_files.STATS_FILE).mean_image
+    assert not np.allclose(own, src_run.preprocessing.mean, atol=1.0)
 
     # A resume with other weights, or none, is refused, naming the run.
     code, _, err = train_cli.main(["--data-dir", data / "b", "--weights", scratch, "--output-dir", ft, *RUN_FLAGS])
@@ -178,19 +191,3 @@ def test_the_training_pipeline_feeds_the_source_its_own_input(data):
              for p in (rgb, bgr)]
     np.testing.assert_allclose(views[1], (views[0] / [2.0, 4.0, 8.0])[..., ::-1], rtol=1e-6)
 
-
-def test_a_run_of_train_py_as_the_source_carries_its_mean_image(data, tiny_data, tmp_path):
-    """A train.py run (mean image from its stats.npz) as the source of two steps of fine-tuning:
-    the fine-tuned run subtracts the source's mean image, not its own data's."""
-    src_dir = tmp_path / "src"
-    recipe = recipes.resolve("tiny", dict(epochs=1, fc_units=16, batch_size=8))
-    settings = training.RunSettings(output_dir=str(src_dir), verbose=0, precision="float32", max_steps_per_epoch=2)
-    training.train(recipe, training.DataSpec(str(tiny_data)).load(), settings, preset="tiny")
-    code, _, err = train_cli.main(["--data-dir", data / "b", "--weights", src_dir, "--output-dir", tmp_path / "ft",
-                                   "--max-steps-per-epoch", "2", "--batch-size", "8", *RUN_FLAGS[2:]])
-    assert code == 0, err[-3000:]
-    src, ft = runs.open_run(src_dir), runs.open_run(tmp_path / "ft")
-    assert src.preprocessing.mean_mode == ft.preprocessing.mean_mode == "image"
-    np.testing.assert_array_equal(ft.preprocessing.mean, src.preprocessing.mean)
-    own = run_files.load_stats(tmp_path / "ft" / run_files.STATS_FILE).mean_image  # b's: for PCA noise only
-    assert not np.allclose(own, src.preprocessing.mean, atol=1.0)

@@ -47,8 +47,8 @@ def kill_flags(tiny_data, run_dir):
 @pytest.fixture(scope="module")
 def killed_and_resumed(tmp_path_factory, tiny_data):
     """One run killed six times (the KILLS, then a SIGKILL from outside at whatever
-    moment it lands), then finished by the same command; and an uninterrupted reference
-    run of the same flags. Every kill, resume and soak assertion reads these."""
+    moment it lands), then finished by the same command. Every kill, resume and soak
+    assertion reads it."""
     root = tmp_path_factory.mktemp("killed")
     run_dir = root / "run"
     args = kill_flags(tiny_data, run_dir)
@@ -81,10 +81,7 @@ def killed_and_resumed(tmp_path_factory, tiny_data):
                     epoch=training_state.find_training_state(run_dir)[0].epoch)
 
     code, out, err = train_cli.main(args)  # the same command, in this process
-    reference_dir = root / "reference"
-    reference = train_cli.main(kill_flags(tiny_data, reference_dir))
-    return dict(run_dir=run_dir, kills=kills, external=external, final=(code, out, err),
-                reference_dir=reference_dir, reference=reference)
+    return dict(run_dir=run_dir, kills=kills, external=external, final=(code, out, err))
 
 
 @pytest.mark.slow
@@ -150,9 +147,10 @@ def replay_plateau(val_errors, lr, patience, factor=0.1, max_reductions=3):
 
 @pytest.mark.slow
 def test_killed_run_schedule_is_what_an_uninterrupted_run_computes(killed_and_resumed):
-    code, _, err = killed_and_resumed["reference"]
-    assert code == 0, err[-3000:]
-    for directory in (killed_and_resumed["run_dir"], killed_and_resumed["reference_dir"]):
+    # replay_plateau transcribes the plateau rule from the validation errors alone: what an
+    # uninterrupted run computes (the callback itself is checked against the rule in
+    # tests/test_training.py::test_plateau_divides_by_ten_after_patience_epochs_at_most_three_times).
+    for directory in (killed_and_resumed["run_dir"],):
         metrics = run_files.read_metrics(directory)
         assert list(metrics["epoch"]) == list(range(1, KILL_EPOCHS + 1)), directory
         assert finite_model(directory / run_files.BEST_MODEL) and finite_model(directory / run_files.LAST_MODEL)

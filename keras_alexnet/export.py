@@ -369,7 +369,8 @@ def export_tflite(run, out, *, ten_crop=False, allow_select_tf_ops=False):
 def parse_args(argv=None):
     p = argparse.ArgumentParser(prog="python -m keras_alexnet.export", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("run", help="run directory of train.py, model directory of keras_alexnet.convert, or a .keras file in one")
+    p.add_argument("run", help="run directory of train.py, model directory of keras_alexnet.convert, a .keras file "
+                   "in one, or named published weights (imagenet, bvlc_alexnet, caffenet, torchvision)")
     p.add_argument("--out", required=True, help="SavedModel directory, or the .tflite file")
     p.add_argument("--format", choices=FORMATS, default="saved_model", help="default saved_model")
     p.add_argument("--ten-crop", action="store_true", help="average the softmax over the paper's ten crops")
@@ -379,7 +380,10 @@ def parse_args(argv=None):
                    help="allow a model file that runs code when loaded (Lambda layers); only for files you trust")
     args = p.parse_args(argv)
     if not Path(args.run).expanduser().exists():
-        p.error(f"{args.run} does not exist")
+        from keras_alexnet import pretrained
+
+        if pretrained.named(args.run) is None:
+            p.error(f"{args.run} does not exist (nor is it named weights: {', '.join(pretrained.names())})")
     if args.select_tf_ops and args.format != "tflite":
         p.error("--select-tf-ops applies to --format tflite only")
     return args

@@ -47,7 +47,8 @@ def _parser():
         "and what training changed in them, colour specificity per tower, activations, "
         "top-5 predictions and fc7 nearest neighbours (Fig. 4), training curves.",
     )
-    p.add_argument("--run", required=True, help="run directory of train.py, or a model directory of keras_alexnet.convert")
+    p.add_argument("--run", required=True, help="run directory of train.py, a model directory of "
+                   "keras_alexnet.convert, or named published weights (imagenet, bvlc_alexnet, ...)")
     p.add_argument("--out", help="output directory (default: RUN/figures)")
     p.add_argument("--images", nargs="+", default=[], help="image files or directories (query / test images)")
     p.add_argument("--neighbours-from", help="directory of base (training) images for the fc7 nearest neighbours")

@@ -11,6 +11,7 @@ import dataclasses
 import hashlib
 import http.server
 import json
+import re
 import os
 import socket
 import subprocess
@@ -275,3 +276,27 @@ def test_the_cache_command_lists_and_clears(cache, server, monkeypatch, capsys):
     assert pretrained.main(["clear", "imagenet"]) == 0
     assert not (cache / "bvlc_alexnet").exists()
     assert pretrained.main(["clear", "nonsense"]) == 2
+
+
+def test_every_command_takes_the_names(cache, server, monkeypatch, tmp_path, capsys):
+    """evaluate.py --checkpoint, the notebooks' run, export's and the figure command's RUN:
+    the same name opens the same cached model directory (runs.open_run / runs.locate)."""
+    from PIL import Image
+
+    import evaluate
+    from keras_alexnet import export, notebook_utils, runs, visualize
+
+    entry = point_at(monkeypatch, server, ["/bvlc/bvlc_alexnet.caffemodel"])
+    cached = runs.locate("imagenet")
+    photo = tmp_path / "photo.jpg"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (300, 260, 3), dtype=np.uint8)).save(photo)
+    assert evaluate.main(["--checkpoint", "imagenet", "--predict", str(photo)]) == 0
+    out = capsys.readouterr().out
+    assert str(cached) in out and "BGR" in out and len(re.findall(r"\(n\d{8}\)", out)) == 5
+    assert notebook_utils.get_run("bvlc_alexnet") == cached == pretrained.model_dir_path(entry)
+    assert export.parse_args(["imagenet", "--out", str(tmp_path / "m")]).run == "imagenet"
+    written = visualize.main(["--run", "imagenet", "--out", str(tmp_path / "figures")])
+    assert any("conv1" in Path(p).name for p in written)
+    with pytest.raises(SystemExit):  # neither a path nor a name
+        evaluate.parse_args(["--checkpoint", "no_such_run", "--predict", str(photo)])
+    assert "nor is it named weights" in capsys.readouterr().err

@@ -26,7 +26,6 @@ import numpy as np
 import keras
 import tensorflow as tf
 
-from keras_alexnet import pretrained
 from keras_alexnet.keras_compat import TowerTrainStep, colocate_optimizer_slots
 from keras_alexnet.layers import PAPER_LAYERS, ChannelSlice, GroupedConv2D, LocalResponseNormalization, OnDevice
 from keras_alexnet.variants import POOL5_HWC, VARIANTS, variant_defaults
@@ -321,6 +320,10 @@ def AlexNet(
     Returns:
         An `AlexNetModel` (a functional `keras.Model`).
     """
+    # Imported here, not at the top: `python -m keras_alexnet.pretrained` must not find
+    # itself already imported by the package (runpy warns).
+    from keras_alexnet import pretrained
+
     entry = pretrained.named(weights, file_hash)
     if entry is not None:
         weights = pretrained_dir(entry)
@@ -428,7 +431,7 @@ def pretrained_dir(entry, progressbar=True):
     `keras_alexnet.pretrained.PublishedWeights`): downloaded and verified once
     (`keras_alexnet.pretrained.fetch_file_locked`), converted once, both under the cache
     entry's lock, so two processes asking at once share one download and one conversion."""
-    from keras_alexnet import run_files, weight_files
+    from keras_alexnet import pretrained, run_files, weight_files
 
     out = pretrained.converted(entry)
     if out is not None:

@@ -359,6 +359,7 @@ def _download(entry, progressbar):
     errors = []
     for url in candidate_urls(entry):
         shutil.rmtree(partial_dir, ignore_errors=True)
+        print(f"Downloading {entry.name} from {url} ...", file=sys.stderr, flush=True)
         try:
             got = pooch.retrieve(
                 url, known_hash=None, fname=entry.file_name, path=partial_dir,
@@ -426,16 +427,19 @@ def _size(path):
 
 def describe():
     """The table `list` prints: each name, its network, published accuracy and cache."""
-    rows = [f"{'name':<14}{'variant':<15}{'top-1':>7}{'top-5':>7}  cached"]
+    rows = [("name", "variant", "top-1", "top-5", "cached")]
     for name, w in WEIGHTS.items():
         alias = [a for a, n in ALIASES.items() if n == name]
-        label = name + (f" ({', '.join(alias)})" if alias else "")
         state = (f"{model_dir_path(w)} ({_size(entry_dir(w)) / 1e6:.0f} MB)" if converted(w)
                  else "file only" if file_path(w).exists() else "no")
-        rows.append(f"{label:<14}{w.variant:<15}{w.top1:>6.1f}%{w.top5:>6.1f}%  {state}")
-    rows.append(f"cache: {cache_root()} (${CACHE_ENV}); accuracy: published, ILSVRC-2012 val, "
-                "centre crop")
-    return "\n".join(rows)
+        rows.append((name + (f" ({', '.join(alias)})" if alias else ""), w.variant,
+                     f"{w.top1:.1f}%", f"{w.top5:.1f}%", state))
+    widths = [max(len(r[i]) for r in rows) for i in range(4)]
+    lines = ["  ".join([r[0].ljust(widths[0]), r[1].ljust(widths[1]), r[2].rjust(widths[2]),
+                        r[3].rjust(widths[3]), r[4]]) for r in rows]
+    lines.append(f"cache: {cache_root()} (${CACHE_ENV}); accuracy: as published, ILSVRC-2012 val, "
+                 "centre crop")
+    return "\n".join(lines)
 
 
 def main(argv=None):

@@ -16,6 +16,8 @@ from keras_alexnet import finetune, pretrained, recipes, run_files, runs, synthe
 # own pipeline, to about 10% validation error on its classes (the tiny SGD recipe is near
 # 55% after as many steps; any trained network can be a source, and a weak one would test
 # little).
+SOURCE_CLASSES = ("cross", "stripes", "star", "checker")
+TARGET_CLASSES = ("disc", "square", "triangle", "ring")
 CLASSES_PER_SPLIT, TRAIN_PER_CLASS, VAL_PER_CLASS = 4, 256, 50
 SOURCE_MODEL = dict(input_shape=(67, 67, 3), fc_units=64, grouping="none", lrn=False, dropout=0.0,
                     weight_stddev={"default": "he", "fc8": 0.01}, positive_bias=0.0, input_scale=1 / 64)
@@ -36,7 +38,7 @@ def data(tmp_path_factory):
     root = tmp_path_factory.mktemp("finetune_data")
     all8 = synthetic.make_dataset(root / "all8", num_classes=8, train_per_class=TRAIN_PER_CLASS,
                                   val_per_class=VAL_PER_CLASS, size=76)
-    for name, classes in (("a", synthetic.CLASSES[4:]), ("b", synthetic.CLASSES[:4])):
+    for name, classes in (("a", SOURCE_CLASSES), ("b", TARGET_CLASSES)):
         for split in ("train", "val"):
             (root / name / split).mkdir(parents=True)
             for c in classes:
@@ -75,7 +77,7 @@ def source(data, tmp_path_factory):
                      "std_rgb": None, "channel_order": "RGB", "provenance": "the toy source's training set"}
     return run_files.write_model_dir(out, runs.serving_model(model), preprocessing=preprocessing,
                                      source={"format": "test", "variant": "paper"},
-                                     class_names=sorted(synthetic.CLASSES[4:]))
+                                     class_names=sorted(SOURCE_CLASSES))
 
 
 def first_epoch_error(run_dir):
@@ -111,7 +113,7 @@ def test_fine_tuning_beats_training_from_scratch_and_records_its_source(data, so
                                                                           b.mean_mode, b.channel_order)
     np.testing.assert_array_equal(a.mean, b.mean)
     assert a.std is None and b.std is None
-    assert run.class_names == tuple(sorted(synthetic.CLASSES[:4])) and run.model.output_shape[-1] == 4
+    assert run.class_names == tuple(sorted(TARGET_CLASSES)) and run.model.output_shape[-1] == 4
 
     # The initial model, built as train() builds it: every conv layer exactly the source's.
     weights = finetune.open_source(str(source))

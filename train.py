@@ -189,6 +189,9 @@ def main(argv=None):
                                  f"the flags that change them: {'; '.join(conflicts)}")
         recipe = recipes.resolve(preset, overrides)
         preprocessing.check_mean_mode(recipe.mean)
+        if recipe.freeze_until is not None and not args.weights:
+            raise ValueError("--freeze-until needs --weights: it keeps layers of a trained source as "
+                             "they are (without one they would stay at their random initialisation)")
         if recipe.freeze_until is not None and recipe.freeze_until not in finetune.FREEZABLE:
             raise ValueError(f"--freeze-until must be one of {', '.join(finetune.FREEZABLE)}, got "
                              f"{recipe.freeze_until!r}")

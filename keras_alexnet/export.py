@@ -382,7 +382,11 @@ def parse_args(argv=None):
     if not Path(args.run).expanduser().exists():
         from keras_alexnet import pretrained
 
-        if pretrained.named(args.run) is None:
+        try:
+            entry = pretrained.named(args.run)
+        except (pretrained.WeightsError, ValueError) as e:
+            p.error(str(e))
+        if entry is None:
             p.error(f"{args.run} does not exist (nor is it named weights: {', '.join(pretrained.names())})")
     if args.select_tf_ops and args.format != "tflite":
         p.error("--select-tf-ops applies to --format tflite only")

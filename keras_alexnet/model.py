@@ -29,6 +29,7 @@ import tensorflow as tf
 from keras_alexnet.keras_compat import TowerTrainStep, colocate_optimizer_slots
 from keras_alexnet.layers import PAPER_LAYERS, ChannelSlice, GroupedConv2D, LocalResponseNormalization, OnDevice
 from keras_alexnet.variants import POOL5_HWC, VARIANTS, variant_defaults
+from keras_alexnet.weight_readers import ConversionError
 
 # The paper's five conv layers (§3.5; the kernel counts are the variant's `conv_filters`).
 # ``reads``: the input image, only its own tower's maps, or both towers' maps (Fig. 2).
@@ -442,8 +443,18 @@ def pretrained_dir(entry, progressbar=True):
             return out
         file = pretrained.fetch_file_locked(entry, progressbar)
         print(f"Converting {file} into a Keras model directory (once) ...", file=sys.stderr, flush=True)
-        variant, keras_weights = weight_files.read_keras_weights(file, entry.variant or None)
-        model = from_keras_weights(variant, keras_weights, str(file))
+        try:
+            variant, keras_weights = weight_files.read_keras_weights(file, entry.variant or None)
+            model = from_keras_weights(variant, keras_weights, str(file))
+        except ConversionError as e:
+            # An unverified file (a URL without a hash) that is not what its name says is
+            # not kept: the next call downloads again instead of failing on it forever.
+            kept = bool(entry.hash)
+            if not kept:
+                file.unlink(missing_ok=True)
+            raise pretrained.WeightsError(
+                f"{e} (downloaded from {', '.join(pretrained.candidate_urls(entry))}; "
+                + (f"it has the expected hash, so it stays at {file})" if kept else "removed)")) from e
         out = pretrained.model_dir_path(entry)
         shutil.rmtree(out, ignore_errors=True)  # what a conversion killed midway left
         source = {"format": entry.format, "name": entry.name, "weights": str(file),

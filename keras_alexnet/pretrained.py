@@ -33,6 +33,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import hashlib
+import json
 import logging
 import os
 import shutil
@@ -214,7 +215,17 @@ def canonical_name(spec):
 
 
 def is_url(spec):
-    return str(spec).startswith(("http://", "https://"))
+    return str(spec).strip().lower().startswith(("http://", "https://"))
+
+
+def split_url_hash(spec):
+    """``(url, hash or None)`` of ``URL#sha256=<hex>`` (or ``#sha1=<hex>``): how a command
+    line, which has no ``file_hash=``, gives a URL its hash."""
+    url, _, fragment = str(spec).strip().partition("#")
+    algo, _, digest = fragment.partition("=")
+    if fragment and not digest:
+        raise WeightsError(f"{spec}: the part after '#' must be sha256=<hex> or sha1=<hex>.")
+    return url, (f"{algo.lower()}:{digest}" if digest else None)
 
 
 def _url_entry(url, file_hash):
@@ -227,7 +238,9 @@ def _url_entry(url, file_hash):
                            "(.caffemodel, .npy or .pth).")
     if file_hash is not None:
         _parse_hash(file_hash)
-    key = hashlib.sha256(url.encode()).hexdigest()[:16]
+    # The hash is part of the key: the same URL asked for with another hash (or first without
+    # one) is another entry, downloaded and verified afresh, never the cached bytes unchecked.
+    key = hashlib.sha256(f"{url}\n{file_hash or ''}".encode()).hexdigest()[:16]
     return PublishedWeights(
         name=f"url-{key}", description=url, format=fmt, variant="", file_name=file_name,
         urls=(url,), unverified_urls=(), hash=file_hash or "", hash_source="file_hash=",
@@ -273,10 +286,19 @@ def named(spec, file_hash=None):
             "directory or rename the path).", spec, path.resolve(), key or str(spec))
         return None
     if key is not None:
+        if file_hash is not None:
+            raise ValueError(f"file_hash applies to a URL; the named weights {key!r} are checked "
+                             f"against their publisher's hash ({WEIGHTS[key].hash}).")
         return WEIGHTS[key]
+    spec, fragment_hash = split_url_hash(spec)
+    if file_hash is None:
+        file_hash = fragment_hash
+    elif fragment_hash is not None and fragment_hash.lower() != str(file_hash).lower():
+        raise ValueError(f"{spec}: two different hashes given (#{fragment_hash} and {file_hash}).")
     if file_hash is None:
         warnings.warn(f"{spec}: no file_hash given, so the download is not verified. Pass "
-                      "file_hash='sha256:<hex>' (the hash its publisher states).", stacklevel=3)
+                      "file_hash='sha256:<hex>', or on a command line URL#sha256=<hex> (the hash "
+                      "its publisher states).", stacklevel=3)
     elif ":" not in str(file_hash):
         file_hash = f"sha256:{file_hash}"
     return _url_entry(str(spec), file_hash)
@@ -288,10 +310,16 @@ def unknown_message(spec):
 
 
 def converted(entry):
-    """``entry``'s converted model directory when it is complete, else None (its
-    ``config.json`` is written last: `keras_alexnet.run_files.write_model_dir` is atomic)."""
+    """``entry``'s converted model directory when it is complete and made from a file of
+    ``entry``'s hash, else None. Complete: its ``config.json`` is written last
+    (`keras_alexnet.run_files.write_model_dir` is atomic). The hash: a table entry whose
+    hash changed (new published bytes) is converted again, never served from the old."""
     out = model_dir_path(entry)
-    return out if (out / CONFIG_FILE).exists() else None
+    try:
+        source = json.loads((out / CONFIG_FILE).read_text()).get("source") or {}
+    except (OSError, ValueError):
+        return None
+    return out if (source.get("hash") or "") == (entry.hash or "") else None
 
 
 # ---------------------------------------------------------------------------------------
@@ -326,7 +354,8 @@ def hash_matches(path, expected):
 
 
 def lock(entry):
-    """The cross-process lock of ``entry``'s cache entry (hold it to download or convert)."""
+    """The cross-process lock of ``entry``'s cache entry (hold it to download, convert or
+    clear)."""
     from filelock import FileLock
 
     entry_dir(entry).mkdir(parents=True, exist_ok=True)
@@ -409,15 +438,27 @@ def fetch_file_locked(entry, progressbar=True):
 def clear(name=None):
     """Removes one cache entry (a name or a URL) or the whole cache; returns what went."""
     if name is None:
+        entries = [d for d in cache_root().iterdir() if d.is_dir()] if cache_root().is_dir() else []
         target = cache_root()
     else:
         key = canonical_name(name)
-        entry = WEIGHTS[key] if key else _url_entry(name, None) if is_url(name) else None
-        if entry is None:
+        if key:
+            entry = WEIGHTS[key]
+        elif is_url(name):
+            entry = _url_entry(*split_url_hash(name))
+        else:
             raise FileNotFoundError(f"{name}: not named weights ({', '.join(names())}) or a URL.")
+        entries = [entry_dir(entry)] if entry_dir(entry).is_dir() else []
         target = entry_dir(entry)
-    if target.exists():
-        shutil.rmtree(target)
+    from filelock import FileLock
+
+    for folder in entries:
+        # Under the entry's lock, so a download or conversion in another process is not cut
+        # short; the lock file itself stays (removing it would race with its next user).
+        with FileLock(str(folder / ".lock")):
+            for item in folder.iterdir():
+                if item.name != ".lock":
+                    shutil.rmtree(item) if item.is_dir() else item.unlink()
     return target
 
 

@@ -181,15 +181,40 @@ def test_a_converted_caffe_net_is_fed_bgr_minus_its_mean_and_freezing_keeps_the_
 
 
 def test_the_training_pipeline_feeds_the_source_its_own_input(data):
-    """The same seed through a BGR / std preprocessing gives the RGB views reversed and divided."""
+    """The same seed through a BGR / std preprocessing gives the RGB views reversed and divided:
+    the PCA noise (drawn in RGB, the space of the statistics) is added before the source's
+    std and channel order, so it is the same noise in both."""
     from keras_alexnet import data as data_lib
     from keras_alexnet.preprocessing import Preprocessing
+    from keras_alexnet.stats import compute_stats
 
     source = training.DataSpec(str(data / "b")).load().train
+    stats = compute_stats(source, max_images=64, resize_size=76, progress=False)
     mean = np.array([123.0, 117.0, 104.0], np.float32)
     rgb = Preprocessing(67, 76, "channel", mean)
     bgr = Preprocessing(67, 76, "channel", mean, std=[2.0, 4.0, 8.0], channel_order="BGR")
-    views = [next(iter(data_lib.training_dataset(source, 4, preprocessing=p, pca_stddev=0.0, seed=3)))[0].numpy()
-             for p in (rgb, bgr)]
-    np.testing.assert_allclose(views[1], (views[0] / [2.0, 4.0, 8.0])[..., ::-1], rtol=1e-6)
+    views = {}
+    for name, p in (("rgb", rgb), ("bgr", bgr)):
+        for pca in (0.0, 0.5):
+            ds = data_lib.training_dataset(source, 4, preprocessing=p, stats=stats, pca_stddev=pca, seed=3)
+            views[name, pca] = next(iter(ds))[0].numpy()
+    assert not np.allclose(views["rgb", 0.5], views["rgb", 0.0], atol=1.0)  # the noise is there
+    for pca in (0.0, 0.5):
+        np.testing.assert_allclose(views["bgr", pca], (views["rgb", pca] / [2.0, 4.0, 8.0])[..., ::-1],
+                                   rtol=1e-5, atol=1e-5)
+
+
+def test_freeze_until_in_every_layout_and_only_with_weights(data, tmp_path):
+    from keras_alexnet.model import AlexNet
+
+    for grouping in ("towers", "grouped", "none"):
+        model = AlexNet(input_shape=(67, 67, 3), classes=4, fc_units=8, grouping=grouping)
+        finetune.freeze(model, "conv5")
+        frozen = {l.name for l in model.layers if l.weights and not l.trainable}
+        trainable = {l.name for l in model.layers if l.weights and l.trainable}
+        assert {n.split("_")[0] for n in frozen} == {"conv1", "conv2", "conv3", "conv4", "conv5"}, grouping
+        assert trainable == {"fc6", "fc7", "fc8"}, grouping
+    code, _, err = train_cli.main(["--data-dir", data / "b", "--freeze-until", "conv5", "--output-dir",
+                                   tmp_path / "x", *RUN_FLAGS])
+    assert code == 2 and "--freeze-until needs --weights" in err
 

@@ -274,7 +274,7 @@ def test_the_cache_command_lists_and_clears(cache, server, monkeypatch, capsys):
     line = next(l for l in table.splitlines() if l.startswith("bvlc_alexnet"))
     assert "MB" in line and next(l for l in table.splitlines() if l.startswith("caffenet")).endswith("no")
     assert pretrained.main(["clear", "imagenet"]) == 0
-    assert not (cache / "bvlc_alexnet").exists()
+    assert [p.name for p in (cache / "bvlc_alexnet").iterdir()] == [".lock"]  # the lock file stays
     assert pretrained.main(["clear", "nonsense"]) == 2
 
 
@@ -300,3 +300,40 @@ def test_every_command_takes_the_names(cache, server, monkeypatch, tmp_path, cap
     with pytest.raises(SystemExit):  # neither a path nor a name
         evaluate.parse_args(["--checkpoint", "no_such_run", "--predict", str(photo)])
     assert "nor is it named weights" in capsys.readouterr().err
+
+
+def test_the_cache_never_serves_unverified_bytes(cache, server, monkeypatch):
+    """A URL asked for with another hash, a cached file damaged on disk, a wrong file put by
+    hand, a file that is not what its name says: each is checked, never used as it is."""
+    from keras_alexnet import runs
+
+    url = f"{server.url}/bvlc/bvlc_alexnet.caffemodel"
+    good = runs.locate(f"{url}#sha256={server.sha256}")  # a command line's URL#sha256=<hex>
+    assert json.loads((good / "config.json").read_text())["source"]["hash"] == f"sha256:{server.sha256}"
+    with pytest.raises(pretrained.WeightsError, match="hash mismatch"):
+        runs.locate(url, file_hash="sha256:" + "1" * 64)  # not the cached directory of the right hash
+    # Named weights: a file damaged in the cache (before conversion) is removed and fetched again.
+    entry = point_at(monkeypatch, server, ["/bvlc/bvlc_alexnet.caffemodel"])
+    pretrained.file_path(entry).parent.mkdir(parents=True, exist_ok=True)
+    pretrained.file_path(entry).write_bytes(server.body[:1000])
+    n = server.count("/bvlc/bvlc_alexnet.caffemodel")
+    runs.locate("bvlc_alexnet")
+    assert server.count("/bvlc/bvlc_alexnet.caffemodel") == n + 1
+    assert pretrained.file_path(entry).read_bytes() == server.body
+    # Offline, a wrong file put by hand is refused (and removed), never converted.
+    pretrained.clear("bvlc_alexnet")
+    monkeypatch.setenv(pretrained.OFFLINE_ENV, "1")
+    pretrained.file_path(entry).write_bytes(b"not the model")
+    with pytest.raises(pretrained.WeightsError, match="hash mismatch"):
+        runs.locate("bvlc_alexnet")
+    assert not pretrained.file_path(entry).exists()
+    monkeypatch.delenv(pretrained.OFFLINE_ENV)
+    # An unverified URL whose bytes are not a Caffe file: an error naming the URL, the file removed.
+    server.files["/html/page.caffemodel"] = b"<html>moved</html>"
+    with pytest.warns(UserWarning, match="not verified"):
+        with pytest.raises(pretrained.WeightsError, match="not a Caffe") as e:
+            runs.locate(f"{server.url}/html/page.caffemodel")
+    assert f"{server.url}/html/page.caffemodel" in str(e.value) and "removed" in str(e.value)
+    assert not list((cache).glob("url-*/page.caffemodel"))
+    with pytest.raises(ValueError, match="applies to a URL"):
+        pretrained.named("imagenet", "sha256:" + "0" * 64)

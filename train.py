@@ -177,6 +177,13 @@ def main(argv=None):
         "lrn_alpha", "lrn_bias", "lrn", "positive_bias", "weight_stddev", "input_scale", "dropout", "seed",
         "freeze_until")}
     try:
+        # Checked before --weights, which may download and convert on first use.
+        if args.freeze_until is not None and not args.weights:
+            raise ValueError("--freeze-until needs --weights: it keeps layers of a trained source as "
+                             "they are (without one they would stay at their random initialisation)")
+        if args.freeze_until is not None and args.freeze_until not in finetune.FREEZABLE:
+            raise ValueError(f"--freeze-until must be one of {', '.join(finetune.FREEZABLE)}, got "
+                             f"{args.freeze_until!r}")
         weights = None
         if args.weights:
             weights = finetune.open_source(args.weights)
@@ -189,12 +196,6 @@ def main(argv=None):
                                  f"the flags that change them: {'; '.join(conflicts)}")
         recipe = recipes.resolve(preset, overrides)
         preprocessing.check_mean_mode(recipe.mean)
-        if recipe.freeze_until is not None and not args.weights:
-            raise ValueError("--freeze-until needs --weights: it keeps layers of a trained source as "
-                             "they are (without one they would stay at their random initialisation)")
-        if recipe.freeze_until is not None and recipe.freeze_until not in finetune.FREEZABLE:
-            raise ValueError(f"--freeze-until must be one of {', '.join(finetune.FREEZABLE)}, got "
-                             f"{recipe.freeze_until!r}")
         if recipe.crop_size > recipe.resize_size:
             raise ValueError(f"--crop-size {recipe.crop_size} is larger than --resize-size {recipe.resize_size}")
         if builtin:

@@ -23,14 +23,14 @@ import keras
 import tensorflow as tf
 
 from keras_alexnet import preprocessing as pre_lib
-from keras_alexnet.images import load_image
+from keras_alexnet.images import decode_square, load_image
 from keras_alexnet.layers import (
     IMAGENET_EIGENVALUES,
     IMAGENET_EIGENVECTORS,
     PCAColorAugmentation,
 )
 from keras_alexnet.recipes import Recipe
-from keras_alexnet.sources import DatasetError
+from keras_alexnet.sources import DatasetError, prepared_records
 
 # docs/paper.md §4.1: alpha_i ~ N(0, 0.1), the recipe's default.
 PCA_STDDEV = Recipe.pca_stddev
@@ -152,10 +152,39 @@ def _mean_tensor(stats, mean, resize_size):
     mean = pre_lib.resize_mean(pre_lib.select_mean(stats, mean), resize_size)
     return None if mean is None else tf.constant(mean)
 
+def square_loader(source, resize_size):
+    """``data -> float32 (resize_size, resize_size, 3)`` for a source's elements: decode,
+    shorter side to ``resize_size`` and central square (`keras_alexnet.images.load_image`),
+    or only decode for a prepared source, whose squares were made once.
+
+    Raises:
+        DatasetError: a prepared source of squares of another size than ``resize_size``.
+    """
+    if source.element != "square":
+        from_path = source.element == "path"
+        return lambda data: load_image(data, resize_size, from_path)
+    if source.resize_size != resize_size:
+        raise DatasetError(
+            f"{source.location} holds {source.resize_size}x{source.resize_size} squares; the recipe "
+            f"asks for {resize_size}x{resize_size}. Prepare the data with --resize-size {resize_size}, "
+            "or use the original folder."
+        )
+    return lambda data: decode_square(data, resize_size, source.encoding)
+
+
 def _examples(source, shuffle, seed, num_shards, shard_index, shuffle_buffer):
     """(string, label) elements of one shard, shuffled per iteration if asked."""
     if not 0 <= shard_index < num_shards:
         raise ValueError(f"shard_index must be in [0, {num_shards}), got {shard_index}.")
+    if source.element == "square":  # Prepared shards: split by file between workers.
+        files = source.files[shard_index::num_shards]
+        if not files:
+            raise DatasetError(f"{source.location} has {len(source.files)} shard file(s), fewer than "
+                               f"{num_shards} workers: prepare it again with more --shards.")
+        ds = prepared_records(files, source.label_map, shuffle=shuffle, seed=seed)
+        if shuffle:
+            ds = ds.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
+        return ds
     if source.paths is None:  # TFDS: records stream from disk; shuffle with a buffer.
         ds = source.dataset
         if num_shards > 1:
@@ -185,10 +214,12 @@ def _examples(source, shuffle, seed, num_shards, shard_index, shuffle_buffer):
     return order.map(lambda i: (tf.gather(paths, i), tf.gather(labels, i)))
 
 
-def _views(ds, view, view_shape, counter, seeds=None):
+def _views(ds, view, view_shape, counter, seeds=None, drop_errors=True):
     """Maps ``view(data[, seed])`` over ``(data, label)`` in parallel, in order.
 
-    Undecodable elements are dropped; with a `SkipCounter` they are counted exactly
+    Undecodable elements are dropped (not with ``drop_errors=False``, for a prepared
+    source: its squares all decode, and ``ignore_errors`` would also hide a damaged
+    shard's read error); with a `SkipCounter` they are counted exactly
     (see its docstring: numbered elements, a sentinel, a scan over the survivors).
     """
     if seeds is None:
@@ -199,7 +230,7 @@ def _views(ds, view, view_shape, counter, seeds=None):
             num_parallel_calls=tf.data.AUTOTUNE,
             deterministic=True,
         )
-        return ds.ignore_errors(log_warning=True)
+        return ds.ignore_errors(log_warning=True) if drop_errors else ds
 
     sentinel = tf.data.Dataset.from_tensors((tf.constant(""), tf.constant(-1, tf.int32)))
     ds = ds.concatenate(sentinel).enumerate()
@@ -214,7 +245,8 @@ def _views(ds, view, view_shape, counter, seeds=None):
     ds = tf.data.Dataset.zip((ds, seeds)).map(
         guarded_view, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True
     )
-    ds = ds.ignore_errors(log_warning=True)
+    if drop_errors:
+        ds = ds.ignore_errors(log_warning=True)
     ds = ds.scan(tf.constant(-1, tf.int64), counter.count)
     return ds.filter(lambda image, label: label >= 0)
 
@@ -259,10 +291,11 @@ def training_dataset(
     noise are a function of the seed and of the iteration number (each new iteration,
     i.e. epoch, differs; two datasets built with the same seed give the same batches).
     Folder sources are fully reshuffled every epoch; TFDS sources use a shuffle buffer
-    of ``shuffle_buffer`` records.
+    of ``shuffle_buffer`` records; prepared sources (`keras_alexnet.sources.prepared_source`)
+    a new order of their shard files and that buffer.
 
     Distribution: ``num_shards`` / ``shard_index`` keep every ``num_shards``-th example
-    (before shuffling) and switch tf.distribute's auto-sharding off; with
+    (before shuffling; of a prepared source every ``num_shards``-th shard file) and switch tf.distribute's auto-sharding off; with
     `tf.distribute.Strategy.distribute_datasets_from_function` pass
     ``ctx.num_input_pipelines`` and ``ctx.input_pipeline_id``. Without them the dataset
     works with ``experimental_distribute_dataset`` / ``model.fit`` as is.
@@ -279,7 +312,8 @@ def training_dataset(
         seed: integer seed, or None for nondeterministic order and augmentation.
         num_shards: number of shards to split the source into.
         shard_index: which shard this pipeline reads.
-        shuffle_buffer: shuffle buffer size for TFDS sources.
+        shuffle_buffer: shuffle buffer size for TFDS and prepared sources (prepared
+            shards are also read in a new order every epoch).
         drop_remainder: drop the last partial batch (static batch shape). Keep False
             with a ``counter`` and ``model.fit``: from its second epoch on, Keras stops
             after as many batches as the first epoch had, so only a partial last batch
@@ -297,15 +331,15 @@ def training_dataset(
     pre = preprocessing or _preprocessing(stats, mean, crop_size, resize_size)
     crop_size, resize_size = pre.crop_size, pre.resize_size
     mean_t = None if pre.mean is None else tf.constant(pre.mean)
-    from_path = source.element == "path"
+    load = square_loader(source, resize_size)
 
     def view(data, view_seed):
-        image = load_image(data, resize_size, from_path)
+        image = load(data)
         return pre_lib.random_crop_and_flip(image, view_seed, crop_size, mean_t)
 
     ds = _examples(source, True, seed, num_shards, shard_index, shuffle_buffer)
     seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
-    ds = _views(ds, view, [crop_size, crop_size, 3], counter, seeds)
+    ds = _views(ds, view, [crop_size, crop_size, 3], counter, seeds, source.element != "square")
     ds = _batch(ds, batch_size, drop_remainder, num_shards)
     if pca_stddev:
         if stats is not None:
@@ -371,16 +405,16 @@ def evaluation_dataset(
         std, channel_order = pre.std, pre.channel_order
     pre_lib.check_sizes(crop_size, resize_size)
     mean_t = _mean_tensor(stats, mean, resize_size)
-    from_path = source.element == "path"
+    load = square_loader(source, resize_size)
     crop_shape = [crop_size, crop_size, 3]
     view_shape = [10, *crop_shape] if crops == "ten" else crop_shape
 
     def view(data, unused_seed):
-        square = load_image(data, resize_size, from_path)
+        square = load(data)
         return pre_lib.network_views(square, crops, crop_size, mean_t, std, channel_order)
 
     ds = _examples(source, False, None, num_shards, shard_index, 1)
-    ds = _views(ds, view, view_shape, counter)
+    ds = _views(ds, view, view_shape, counter, drop_errors=source.element != "square")
     ds = _batch(ds, batch_size, False, num_shards)
     return ds.prefetch(tf.data.AUTOTUNE)
 

@@ -9,7 +9,9 @@ Pure TF functions that work eagerly and inside `tf.data.Dataset.map`:
   2.7 GB) fails like an undecodable file, and a pipeline drops and counts it;
 - `resize_shorter_side`, `central_crop` and `resize_central_square`: the resize of
   docs/paper.md §2 (shorter side to a size, then the central square);
-- `load_image`: a file (or encoded bytes) to that float32 square.
+- `load_image`: a file (or encoded bytes) to that float32 square;
+- `decode_square`: a square stored once by ``python -m keras_alexnet.prepare`` back to
+  float32 (no resize).
 
 The sizes themselves (256, 227 and the rule between them) are decided in
 `keras_alexnet.preprocessing`.
@@ -227,3 +229,28 @@ def load_image(data, resize_size, from_path=True):
     """
     encoded = tf.io.read_file(data) if from_path else data
     return resize_central_square(decode_image(encoded), resize_size)
+
+
+def decode_square(encoded, size, encoding):
+    """A square stored by ``python -m keras_alexnet.prepare`` back to float32.
+
+    Args:
+        encoded: scalar string: JPEG / PNG bytes, or ``size * size * 3`` raw uint8 bytes.
+        size: side of the square.
+        encoding: ``"jpeg"``, ``"png"`` or ``"raw"``.
+
+    Returns:
+        float32 ``(size, size, 3)`` tensor, pixels in ``[0, 255]``. Raises
+        `tf.errors.InvalidArgumentError` for data of another size.
+    """
+    if encoding == "raw":
+        image = tf.reshape(tf.io.decode_raw(encoded, tf.uint8), [size, size, 3])
+    else:
+        image = tf.io.decode_image(encoded, channels=3, expand_animations=False)
+        check = tf.debugging.assert_equal(tf.shape(image)[:2], [size, size],
+                                          message=f"prepared square is not {size}x{size}")
+        with tf.control_dependencies([check]):
+            image = tf.identity(image)
+    image = tf.cast(image, tf.float32)
+    image.set_shape([size, size, 3])
+    return image

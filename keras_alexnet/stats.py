@@ -40,7 +40,7 @@ import sys
 import numpy as np
 import tensorflow as tf
 
-from keras_alexnet import images as image_lib, preprocessing as pre_lib, sources
+from keras_alexnet import data as data_lib, preprocessing as pre_lib, sources
 
 FORMAT_VERSION = 1
 
@@ -226,12 +226,13 @@ def compute_stats(
     """Streams a training set once and computes its `DatasetStats`.
 
     Every image is decoded, rescaled (shorter side ``resize_size``) and centre-cropped
-    exactly as `keras_alexnet.images.load_image` does for training. Undecodable files are
+    exactly as `keras_alexnet.images.load_image` does for training (a prepared source's
+    squares are only decoded: `keras_alexnet.data.square_loader`). Undecodable files are
     skipped and counted.
 
     Args:
         source_or_dir: a `keras_alexnet.sources.Source`, or a directory for
-            `keras_alexnet.sources.folder_source`.
+            `keras_alexnet.sources.load_source` (a folder, or a prepared directory).
         max_images: use at most this many images: a seeded random subset of a folder's
             files (all classes represented), or the first records of a TFDS source.
         resize_size: side of the central square.
@@ -249,15 +250,17 @@ def compute_stats(
     if isinstance(source_or_dir, sources.Source):
         source = source_or_dir
     else:
-        source = sources.folder_source(source_or_dir, split)
+        source = sources.load_source(source_or_dir, split)
     subset = _subset(source, max_images, seed)
-    from_path = subset.element == "path"
+    load = data_lib.square_loader(subset, resize_size)
     ds = subset.dataset.map(
-        lambda x, _: image_lib.load_image(x, resize_size, from_path),
+        lambda x, _: load(x),
         num_parallel_calls=tf.data.AUTOTUNE,
         deterministic=False,  # sums do not depend on the order
     )
-    ds = ds.ignore_errors(log_warning=True).batch(batch_size).map(_batch_sums)
+    if subset.element != "square":  # a prepared shard's errors are damage, not a bad photo
+        ds = ds.ignore_errors(log_warning=True)
+    ds = ds.batch(batch_size).map(_batch_sums)
     ds = ds.prefetch(tf.data.AUTOTUNE)
 
     image_sum = np.zeros((resize_size, resize_size, 3), np.float64)
@@ -269,13 +272,14 @@ def compute_stats(
         from tqdm import tqdm
 
         bar = tqdm(total=subset.num_examples, unit="img", desc="stats", file=sys.stderr)
-    for images, pixels, outer, n in ds:
-        image_sum += images.numpy()
-        pixel_sum += pixels.numpy()
-        outer_sum += outer.numpy()
-        count += int(n)
-        if bar is not None:
-            bar.update(int(n))
+    with sources.naming_damaged_shard(subset):
+        for images, pixels, outer, n in ds:
+            image_sum += images.numpy()
+            pixel_sum += pixels.numpy()
+            outer_sum += outer.numpy()
+            count += int(n)
+            if bar is not None:
+                bar.update(int(n))
     if bar is not None:
         bar.close()
     if count == 0:

@@ -85,8 +85,9 @@ class DataSpec:
     """Where a run's images come from (``train.py``'s data flags).
 
     Attributes:
-        data_dir: an ImageNet-style folder (``DIR/train/<class>/*``, ``DIR/val/...``), or
-            the TFDS data directory when ``tfds`` is set.
+        data_dir: an ImageNet-style folder (``DIR/train/<class>/*``, ``DIR/val/...``), a
+            directory written by ``python -m keras_alexnet.prepare`` (found by its
+            ``manifest.json``), or the TFDS data directory when ``tfds`` is set.
         tfds: a prepared TFDS dataset name (``imagenet2012``, ``imagenette``), or None.
         train_split, val_split: the split names.
         class_index: ``"auto"``, ``"imagenet"`` (the 1000 ImageNet indices for wnid
@@ -299,6 +300,10 @@ def train(recipe, data, settings, *, preset=None, stats_path=None, strategy=None
         keras_compat.patch_multi_worker_reduce()
     if recipe.batch_size % num_workers:
         raise ValueError(f"batch size {recipe.batch_size} is not divisible by {num_workers} workers.")
+    # Prepared squares of another size than the network's input: refused before anything is written.
+    resize_size = weights.preprocessing.resize_size if weights is not None else recipe.resize_size
+    for source in (data.train, data.val):
+        data_lib.square_loader(source, resize_size)
     # The precision is the run's, not the process's: the caller's policy comes back after it
     # (a notebook or test that trains, then evaluates, evaluates in its own precision).
     callers_policy = keras.mixed_precision.global_policy()
@@ -459,7 +464,7 @@ def _fit_phases(model, recipe, settings, train_source, val_source, stats, prepro
         train_ds, val_ds, steps = _datasets(recipe, train_source, val_source, stats, preprocessing, counter,
                                             num_workers, worker_index, seed_offset=begin, pca=pca_on,
                                             max_steps=settings.max_steps_per_epoch)
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), sources.naming_damaged_shard(train_source, val_source):
             # Validation streams are finite with a length Keras cannot know (unreadable
             # files are dropped): it warns when it reaches their end, which is expected.
             # Training streams are endless, so no warning of theirs is hidden.

@@ -26,7 +26,7 @@ LAYERS = [
     {"training_state", "runs"},
     {"evaluation", "applications", "callbacks", "activations", "finetune"},
     {"training", "figures"},  # figures reach training only as train.py's after_run hook
-    {"notebook_utils", "__init__", "export", "convert"},
+    {"notebook_utils", "__init__", "export", "convert", "prepare"},
 ]
 
 

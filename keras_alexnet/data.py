@@ -30,7 +30,8 @@ from keras_alexnet.layers import (
     PCAColorAugmentation,
 )
 from keras_alexnet.recipes import Recipe
-from keras_alexnet.sources import DatasetError, prepared_records
+from keras_alexnet.datasets import prepared_records
+from keras_alexnet.sources import DatasetError
 
 # docs/paper.md §4.1: alpha_i ~ N(0, 0.1), the recipe's default.
 PCA_STDDEV = Recipe.pca_stddev
@@ -291,7 +292,7 @@ def training_dataset(
     noise are a function of the seed and of the iteration number (each new iteration,
     i.e. epoch, differs; two datasets built with the same seed give the same batches).
     Folder sources are fully reshuffled every epoch; TFDS sources use a shuffle buffer
-    of ``shuffle_buffer`` records; prepared sources (`keras_alexnet.sources.prepared_source`)
+    of ``shuffle_buffer`` records; prepared sources (`keras_alexnet.datasets.prepared_source`)
     a new order of their shard files and that buffer.
 
     Distribution: ``num_shards`` / ``shard_index`` keep every ``num_shards``-th example

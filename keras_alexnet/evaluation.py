@@ -40,7 +40,7 @@ import numpy as np
 import tensorflow as tf
 
 from keras_alexnet import data as data_lib
-from keras_alexnet import sources
+from keras_alexnet import datasets, sources
 from keras_alexnet import run_files
 from keras_alexnet.model import outputs_probabilities
 
@@ -264,14 +264,14 @@ def load_eval_source(run, data_dir, split="val", *, tfds_name=None, manual_dir=N
     """The validation source, indexed the way the run's model outputs are.
 
     The run's ``class_names`` and ``class_index`` are passed to
-    `keras_alexnet.sources.load_source`, so a compact run's folder order, or the ImageNet
+    `keras_alexnet.datasets.load_source`, so a compact run's folder order, or the ImageNet
     order, is kept even when the split lacks some classes.
 
     Raises:
         EvaluationError: the data's class count differs from the model's.
         keras_alexnet.sources.DatasetError: the data cannot be listed (names the path).
     """
-    source = sources.load_source(
+    source = datasets.load_source(
         data_dir,
         split,
         tfds_name=tfds_name,

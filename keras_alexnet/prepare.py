@@ -11,7 +11,7 @@ writes the squares of the train and val splits as sharded TFRecord files::
 
 ``DIR`` is any folder `keras_alexnet.sources.folder_source` reads. Every tool that takes
 ``--data-dir`` (``train.py``, ``evaluate.py``, ``python -m keras_alexnet.stats``) then
-reads ``OUT`` as it is: `keras_alexnet.sources.load_source` finds ``OUT/manifest.json``.
+reads ``OUT`` as it is: `keras_alexnet.datasets.load_source` finds ``OUT/manifest.json``.
 
 Files in ``OUT``:
 
@@ -21,7 +21,7 @@ Files in ``OUT``:
   mixes the classes); validation shards keep the listing order.
 - ``<shard>.done``: written after the shard was renamed into place (its record count,
   size and skipped files). A killed run, run again, keeps the finished shards.
-- ``manifest.json``: ``format`` (`keras_alexnet.sources.PREPARED_FORMAT`), ``version``,
+- ``manifest.json``: ``format`` (`keras_alexnet.datasets.PREPARED_FORMAT`), ``version``,
   ``source``, ``resize_size``, ``encoding`` (and ``jpeg_quality``), ``class_index``,
   ``class_names``, and per split ``count``, ``classes`` (present), ``shards`` (file,
   records, bytes), ``skipped`` (file and reason: undecodable, or over
@@ -55,7 +55,7 @@ from pathlib import Path
 
 import numpy as np
 
-from keras_alexnet import preprocessing as pre_lib, sources
+from keras_alexnet import datasets, preprocessing as pre_lib, sources
 
 ENCODINGS = ("jpeg", "png", "raw")
 JPEG_QUALITY = 95
@@ -189,7 +189,7 @@ def estimate_bytes(source, identity, sample=32):
 
 def _check_out(out, identity):
     """Refuses an ``out`` whose manifest describes another data set (named)."""
-    path = out / sources.MANIFEST_FILE
+    path = out / datasets.MANIFEST_FILE
     if not path.is_file():
         return
     try:
@@ -197,7 +197,7 @@ def _check_out(out, identity):
     except ValueError:
         manifest = {}
     theirs = {k: manifest.get(k) for k in identity}
-    if manifest.get("format") != sources.PREPARED_FORMAT or theirs != identity:
+    if manifest.get("format") != datasets.PREPARED_FORMAT or theirs != identity:
         raise sources.DatasetError(
             f"{path} describes another data set ({theirs.get('source')}, {theirs.get('resize_size')}px, "
             f"{theirs.get('encoding')}); this run would write {identity['source']}, "
@@ -268,7 +268,7 @@ def prepare(data_dir, out, *, resize_size=pre_lib.RESIZE_SIZE, shards=16, val_sh
         if bar is not None:
             bar.close()
 
-    manifest = {"format": sources.PREPARED_FORMAT, "version": sources.PREPARED_VERSION, **identity,
+    manifest = {"format": datasets.PREPARED_FORMAT, "version": datasets.PREPARED_VERSION, **identity,
                 "class_index": train.class_index, "class_names": list(train.class_names), "splits": {}}
     for split, (source, _) in splits.items():
         markers = [done[path.name] for path, _ in plans[split]]
@@ -280,9 +280,9 @@ def prepare(data_dir, out, *, resize_size=pre_lib.RESIZE_SIZE, shards=16, val_sh
             "skipped": [s for m in markers for s in m["skipped"]],
             "non_image_files": list(source.non_image_files),
         }
-    tmp = out / (sources.MANIFEST_FILE + ".tmp")
+    tmp = out / (datasets.MANIFEST_FILE + ".tmp")
     tmp.write_text(json.dumps(manifest, indent=1) + "\n")
-    os.replace(tmp, out / sources.MANIFEST_FILE)
+    os.replace(tmp, out / datasets.MANIFEST_FILE)
     return manifest
 
 

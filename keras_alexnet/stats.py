@@ -40,7 +40,7 @@ import sys
 import numpy as np
 import tensorflow as tf
 
-from keras_alexnet import data as data_lib, preprocessing as pre_lib, sources
+from keras_alexnet import data as data_lib, datasets, preprocessing as pre_lib, sources
 
 FORMAT_VERSION = 1
 
@@ -232,7 +232,7 @@ def compute_stats(
 
     Args:
         source_or_dir: a `keras_alexnet.sources.Source`, or a directory for
-            `keras_alexnet.sources.load_source` (a folder, or a prepared directory).
+            `keras_alexnet.datasets.load_source` (a folder, or a prepared directory).
         max_images: use at most this many images: a seeded random subset of a folder's
             files (all classes represented), or the first records of a TFDS source.
         resize_size: side of the central square.
@@ -250,7 +250,7 @@ def compute_stats(
     if isinstance(source_or_dir, sources.Source):
         source = source_or_dir
     else:
-        source = sources.load_source(source_or_dir, split)
+        source = datasets.load_source(source_or_dir, split)
     subset = _subset(source, max_images, seed)
     load = data_lib.square_loader(subset, resize_size)
     ds = subset.dataset.map(
@@ -272,7 +272,7 @@ def compute_stats(
         from tqdm import tqdm
 
         bar = tqdm(total=subset.num_examples, unit="img", desc="stats", file=sys.stderr)
-    with sources.naming_damaged_shard(subset):
+    with datasets.naming_damaged_shard(subset):
         for images, pixels, outer, n in ds:
             image_sum += images.numpy()
             pixel_sum += pixels.numpy()
@@ -321,7 +321,7 @@ def main(argv=None):
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
 
-    source = sources.load_source(
+    source = datasets.load_source(
         args.data_dir, args.split, tfds_name=args.tfds_name, manual_dir=args.manual_dir
     )
     stats = compute_stats(

@@ -24,6 +24,7 @@ import keras
 import tensorflow as tf
 
 from keras_alexnet import data as data_lib
+from keras_alexnet import datasets
 from keras_alexnet import finetune
 from keras_alexnet import keras_compat
 from keras_alexnet import run_files, sources, training_state
@@ -111,8 +112,8 @@ class DataSpec:
                 bad data, or a validation split with another number of classes.
         """
         kwargs = dict(tfds_name=self.tfds, manual_dir=self.manual_dir, class_index=self.class_index)
-        train_source = sources.load_source(self.data_dir, self.train_split, **kwargs)
-        val_source = sources.load_source(self.data_dir, self.val_split, class_names=train_source.class_names,
+        train_source = datasets.load_source(self.data_dir, self.train_split, **kwargs)
+        val_source = datasets.load_source(self.data_dir, self.val_split, class_names=train_source.class_names,
                                           **kwargs)
         if val_source.num_classes != train_source.num_classes:
             raise sources.DatasetError(f"{val_source.location} has {val_source.num_classes} classes, "
@@ -464,7 +465,7 @@ def _fit_phases(model, recipe, settings, train_source, val_source, stats, prepro
         train_ds, val_ds, steps = _datasets(recipe, train_source, val_source, stats, preprocessing, counter,
                                             num_workers, worker_index, seed_offset=begin, pca=pca_on,
                                             max_steps=settings.max_steps_per_epoch)
-        with warnings.catch_warnings(), sources.naming_damaged_shard(train_source, val_source):
+        with warnings.catch_warnings(), datasets.naming_damaged_shard(train_source, val_source):
             # Validation streams are finite with a length Keras cannot know (unreadable
             # files are dropped): it warns when it reaches their end, which is expected.
             # Training streams are endless, so no warning of theirs is hidden.

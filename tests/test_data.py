@@ -18,7 +18,7 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from keras_alexnet import data, imagenet, images as image_lib, preprocessing as pre_lib, sources
+from keras_alexnet import data, datasets, imagenet, images as image_lib, preprocessing as pre_lib, sources
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 IMAGENETTE = SHARED / "imagenette"
@@ -400,7 +400,7 @@ def test_mean_image_of_another_size_is_resized_and_errors_are_clear(tmp_path):
         data.training_dataset(source, mean="image")
     with pytest.raises(ValueError, match="crop_size"):
         data.training_dataset(source, crop_size=17, resize_size=16)
-    assert sources.load_source(tmp_path, None).paths.tolist() == source.paths.tolist()
+    assert datasets.load_source(tmp_path, None).paths.tolist() == source.paths.tolist()
 
 
 def test_evaluation_pipeline_ten_crops_from_files(tmp_path):

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from keras_alexnet import data, prepare, sources, stats
+from keras_alexnet import data, datasets, prepare, sources, stats
 import train_cli
 
 SIZE = 76  # the tiny preset's squares (67 crops): train.py runs on them as they are
@@ -40,8 +40,8 @@ def prepared(folder, tmp_path_factory):
 
 
 def test_manifest_counts_and_skips(prepared):
-    manifest = sources.read_manifest(prepared)
-    assert (manifest["format"], manifest["version"]) == (sources.PREPARED_FORMAT, 1)
+    manifest = datasets.read_manifest(prepared)
+    assert (manifest["format"], manifest["version"]) == (datasets.PREPARED_FORMAT, 1)
     assert manifest["resize_size"] == SIZE and manifest["class_names"] == ["a", "b", "c"]
     train, val = manifest["splits"]["train"], manifest["splits"]["val"]
     assert (train["count"], val["count"]) == (18, 6)
@@ -78,13 +78,13 @@ def test_crops_equal_the_on_the_fly_pipeline(folder, prepared, tmp_path):
     kwargs = dict(crop_size=67, resize_size=SIZE)
     raw_val = sources.folder_source(folder, "val")
     x_raw, y_raw = _arrays(data.evaluation_dataset(raw_val, 4, crops="ten", **kwargs))
-    x_png, y_png = _arrays(data.evaluation_dataset(sources.load_source(prepared, "val"), 4, crops="ten", **kwargs))
+    x_png, y_png = _arrays(data.evaluation_dataset(datasets.load_source(prepared, "val"), 4, crops="ten", **kwargs))
     np.testing.assert_array_equal(y_raw, y_png)
     assert np.abs(x_raw - x_png).max() <= 0.5 + 1e-4
 
     jpeg = tmp_path / "jpeg"
     prepare.prepare(folder, jpeg, resize_size=SIZE, shards=1, val_shards=1, workers=1, progress=False)
-    x_jpeg, _ = _arrays(data.evaluation_dataset(sources.prepared_source(jpeg, "val"), 4, crops="ten", **kwargs))
+    x_jpeg, _ = _arrays(data.evaluation_dataset(datasets.prepared_source(jpeg, "val"), 4, crops="ten", **kwargs))
     assert np.abs(x_raw - x_jpeg).max() <= 40 and np.abs(x_raw - x_jpeg).mean() <= 3
 
     # Training crops (same seeds, offsets and flips) of one image: one shard, one file.
@@ -99,7 +99,7 @@ def test_crops_equal_the_on_the_fly_pipeline(folder, prepared, tmp_path):
         ds = data.training_dataset(source, 1, pca_stddev=0, seed=3, **kwargs).repeat(4)
         return _arrays(ds)[0]
     x_raw = crops(sources.folder_source(one, "train"))
-    x_png = crops(sources.load_source(tmp_path / "one_prepared", "train"))
+    x_png = crops(datasets.load_source(tmp_path / "one_prepared", "train"))
     assert np.abs(x_raw - x_png).max() <= 0.5 + 1e-4
     assert np.abs(x_raw[0] - x_raw[1:]).max() > 1  # the crops differ between epochs
 
@@ -128,22 +128,22 @@ def test_damaged_shards_and_manifests_are_named(prepared, tmp_path):
     blob[2] ^= 0xFF  # same size, the first record's length damaged: found when read
     shard.write_bytes(bytes(blob))
     with pytest.raises(sources.DatasetError, match=str(shard)):
-        stats.compute_stats(sources.load_source(bad, "train"), resize_size=SIZE, progress=False)
+        stats.compute_stats(datasets.load_source(bad, "train"), resize_size=SIZE, progress=False)
 
     shard.write_bytes(bytes(blob[:-100]))  # truncated: found before reading
     with pytest.raises(sources.DatasetError, match=str(shard)):
-        sources.load_source(bad, "train")
+        datasets.load_source(bad, "train")
     shard.unlink()
     with pytest.raises(sources.DatasetError, match=f"{shard}: listed in .* but missing"):
-        sources.load_source(bad, "train")
+        datasets.load_source(bad, "train")
 
     manifest_path = bad / "manifest.json"
     manifest = json.loads(manifest_path.read_text())
     manifest["splits"]["val"]["count"] += 1
     manifest_path.write_text(json.dumps(manifest))
     with pytest.raises(sources.DatasetError, match=str(manifest_path)):
-        sources.load_source(bad, "val")
+        datasets.load_source(bad, "val")
     manifest["version"] = 2
     manifest_path.write_text(json.dumps(manifest))
     with pytest.raises(sources.DatasetError, match=f"{manifest_path}.*version 2"):
-        sources.load_source(bad, "val")
+        datasets.load_source(bad, "val")

@@ -21,7 +21,7 @@ import pytest
 
 import fault_worker
 import train_cli
-from keras_alexnet import callbacks, data, images, recipes, run_files, sources, synthetic, training_state
+from keras_alexnet import callbacks, data, datasets, images, recipes, run_files, synthetic, training_state
 
 from tiny_train import finite_model, flags, leftovers, make_tiny_data, no_traceback, run_train
 
@@ -394,7 +394,7 @@ def test_header_sizes_of_every_format_without_decoding(tmp_path):
 def test_bomb_in_a_folder_is_skipped_and_counted(tmp_path):
     root = synthetic.make_dataset(tmp_path / "d", num_classes=2, train_per_class=3, val_per_class=1, size=48)
     bomb_jpeg(root / "train" / "disc" / "zz_bomb.jpg")
-    source = sources.load_source(root, "train")
+    source = datasets.load_source(root, "train")
     assert source.num_examples == 7
     counter = data.SkipCounter()
     ds = data.training_dataset(source, 4, mean="none", crop_size=40, resize_size=44, pca_stddev=0.0,

@@ -18,6 +18,7 @@ LAYERS = [
     {"console", "keras_compat", "imagenet", "recipes", "synthetic", "metrics", "images",
      "weight_readers", "variants", "hardware", "analysis"},
     {"layers", "preprocessing", "sources"},
+    {"datasets"},  # the prepared directories' format, and which source a --data-dir names
     {"data", "weight_files"},
     {"stats"},
     {"run_files"},

@@ -13,7 +13,8 @@ batch 128) reading:
 - ``PIL + NumPy``: the hand-written peer of ``bench/bench_pipeline.py`` reading the same
   256x256 squares as JPEG files (q95, written once here; no resize left to do).
 
-It also times ``prepare`` itself (wall and CPU of the process and its workers, per image).
+It also times ``prepare`` itself, one worker in this process (CPU per image of decoding,
+resizing and encoding; ``--workers`` runs one such process per core).
 
 Needs TensorFlow, Pillow and the shared photos. Usage::
 
@@ -82,6 +83,14 @@ def square_jpegs(prepared_dir, out):
                                element="path")
 
 
+def epochs(make):
+    """Batches of ``make(seed)`` for seed 0, 1, ...: as many passes as the timing needs."""
+    def batches(seed):
+        for k in range(1000):
+            yield from make(seed * 1000 + k)
+    return batches
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=9, help="copies of the 100 photos in train")
@@ -97,7 +106,10 @@ def main():
     try:
         folder = repeated_folder(work / "raw", args.repeat)
         wall, cpu, cpu_children = time.perf_counter(), _common.cpu_seconds(), children_cpu_seconds()
-        prepare.prepare(folder, work / "prepared", class_index="compact", progress=False)
+        # One worker, in this process: the cost per image of decode, resize and encode, without
+        # the start-up of a pool's processes (each imports TensorFlow), which a real data set
+        # amortises over a million images.
+        prepare.prepare(folder, work / "prepared", class_index="compact", workers=1, progress=False)
         wall = time.perf_counter() - wall
         cpu = _common.cpu_seconds() - cpu + children_cpu_seconds() - cpu_children
         manifest = datasets.read_manifest(work / "prepared")
@@ -120,6 +132,7 @@ def main():
             "prepared (tf.data)": lambda seed: tf_batches(prepared, stats, seed),
             "PIL + NumPy, 256 JPEGs": lambda seed: pil_batches(squares, mean_image, seed),
         }
+        variants = {name: epochs(make) for name, make in variants.items()}
         runs = {name: [] for name in variants}
         for round_ in range(args.rounds):
             for name, make in variants.items():

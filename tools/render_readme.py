@@ -48,6 +48,40 @@ def pipeline_table():
     return "\n".join(lines)
 
 
+def prepared_table():
+    path = RESULTS / "prepared_pipeline.json"
+    if not path.is_file():
+        return f"(no {path.relative_to(ROOT)} yet: run `python bench/bench_prepared.py`)"
+    d = json.loads(path.read_text())
+    lines = ["| training input, same photos | images/s | CPU ms / image | images/s per busy core | x raw folder | x PIL peer |",
+             "|---|---|---|---|---|---|"]
+    for name, r in d["summary"].items():
+        lines.append(f"| {name} | {r['images_per_s']:.0f} | {r['cpu_ms_per_image']:.2f} | "
+                     f"{r['images_per_s_per_busy_core']:.0f} | {r['per_core_x_raw']:.2f} | {r['per_core_x_pil']:.2f} |")
+    p = d["prepare"]
+    lines.append(f"\n{d['data']['files']} training files (100 full-size photos x {d['data']['repeat']}), "
+                 f"stored as {d['encoding']}; `prepare` itself, one process: {p['images_per_s_per_busy_core']:.0f} "
+                 f"images/s per busy core, {p['bytes_per_image'] / 1e3:.0f} KB per image. {_machine(d['machine'])}. "
+                 "`bench/results/prepared_pipeline.json`, from `python bench/bench_prepared.py`.")
+    return "\n".join(lines)
+
+
+def encoding_table():
+    path = RESULTS / "prepare_encoding.json"
+    if not path.is_file():
+        return f"(no {path.relative_to(ROOT)} yet: run `python bench/bench_prepare_encoding.py`)"
+    d = json.loads(path.read_text())
+    lines = ["| stored 256x256 square | KB / image | decode ms / image (1 thread) | max / mean abs difference to the on-the-fly square |",
+             "|---|---|---|---|"]
+    for name, r in d["results"].items():
+        lines.append(f"| {name} | {r['bytes_per_image_mean'] / 1e3:.1f} | {r['decode_ms_per_image']:.2f} | "
+                     f"{r['max_abs_diff']:.1f} / {r['mean_abs_diff']:.2f} |")
+    lines.append(f"\n{d['images']} ImageNet photos (median {int(d['median_source_shape_hw'][1])}x"
+                 f"{int(d['median_source_shape_hw'][0])}); {_machine(d['machine'])}. "
+                 "`bench/results/prepare_encoding.json`, from `python bench/bench_prepare_encoding.py`.")
+    return "\n".join(lines)
+
+
 def eval_table():
     path = RESULTS / "eval_speed.json"
     if not path.is_file():
@@ -131,7 +165,7 @@ def runs_table(runs_dir=ROOT / "results"):
 
 
 SECTIONS = {"runs": runs_table, "train-speed": train_speed_table, "pipeline-speed": pipeline_table,
-            "eval-speed": eval_table}
+            "eval-speed": eval_table, "prepared-speed": prepared_table, "prepare-encoding": encoding_table}
 
 
 def update_readme(path=ROOT / "README.md"):

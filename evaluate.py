@@ -91,7 +91,7 @@ def main(argv=None):
         os.environ["KERAS_ALEXNET_VERBOSE"] = "1"
 
     # Heavy imports only after the flags are known to be good.
-    from keras_alexnet import evaluation, pretrained, run_files, runs, sources
+    from keras_alexnet import datasets, evaluation, pretrained, run_files, runs, sources
 
     crops = "ten" if args.ten_crop else "center"
     try:
@@ -117,9 +117,10 @@ def main(argv=None):
             source = evaluation.load_eval_source(
                 run, Path(args.data_dir).expanduser(), args.split, tfds_name=args.tfds,
                 manual_dir=args.manual_dir)
-            results = evaluation.run_evaluation(
-                run, source, crops=crops, top5=args.top5, batch_size=args.batch_size,
-                progress=not args.quiet)
+            with datasets.naming_damaged_shard(source):  # a prepared shard damaged inside
+                results = evaluation.run_evaluation(
+                    run, source, crops=crops, top5=args.top5, batch_size=args.batch_size,
+                    progress=not args.quiet)
             print(evaluation.format_results(results), flush=True)
             output.update(evaluation.json_ready(results))
     except (run_files.RunError, sources.DatasetError, pretrained.WeightsError, FileNotFoundError) as e:

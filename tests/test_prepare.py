@@ -104,13 +104,26 @@ def test_crops_equal_the_on_the_fly_pipeline(folder, prepared, tmp_path):
     assert np.abs(x_raw[0] - x_raw[1:]).max() > 1  # the crops differ between epochs
 
 
-def test_train_stats_and_resize_refusal(prepared, tmp_path):
+def test_train_evaluate_stats_and_resize_refusal(folder, prepared, tmp_path):
     code, out, err = train_cli.main(["--data-dir", prepared, "--preset", "tiny", "--epochs", 1, "--max-steps-per-epoch", 2,
                                      "--batch-size", 4, "--output-dir", tmp_path / "run", "--quiet"])
     assert code == 0, err
     code, out, err = train_cli.main(["--data-dir", prepared, "--preset", "tiny", "--epochs", 1,
                                      "--resize-size", 84, "--crop-size", 75, "--output-dir", tmp_path / "run84", "--quiet"])
     assert code == 2 and "76x76 squares" in err + out
+
+    # evaluate.py on the prepared directory: the same error as on the raw folder, centre and ten crops.
+    import evaluate
+
+    for crops in ([], ["--ten-crop"]):
+        results = {}
+        for name, where in (("raw", folder), ("prepared", prepared)):
+            out_file = tmp_path / f"{name}{len(crops)}.json"
+            assert evaluate.main(["--checkpoint", str(tmp_path / "run"), "--data-dir", str(where), "--top5",
+                                  "--results-file", str(out_file), *crops]) == 0
+            results[name] = json.loads(out_file.read_text())
+        for key in ("top1_error", "top5_error", "images"):
+            assert results["raw"][key] == results["prepared"][key], (key, crops, results)
 
     assert stats.main(["--data-dir", str(prepared), "--out", str(tmp_path / "s.npz"),
                        "--resize-size", str(SIZE), "--no-progress"]) is None

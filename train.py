@@ -131,6 +131,8 @@ def parse_args(argv=None):
     s.add_argument("--devices", help="two devices for the towers, e.g. /GPU:0,/GPU:1 (default: two GPUs if present)")
     s.add_argument("--strategy", choices=("auto", "default", "mirrored", "multi-worker"), default="auto")
     s.add_argument("--max-steps-per-epoch", type=positive_int, help="cap steps per epoch (smoke runs)")
+    s.add_argument("--data-service", metavar="grpc://HOST:PORT",
+                   help="make the training input on tf.data service workers (python -m keras_alexnet.data_service)")
     s.add_argument("--on-divergence", choices=("stop", "recover"), default="stop",
                    help="when the loss becomes NaN/inf: stop (exit 3), or recover: go back to the last good "
                         "checkpoint (or the initial weights) with the learning rate / 10 (default: stop)")
@@ -211,7 +213,7 @@ def main(argv=None):
             steps_per_execution=args.steps_per_execution, grouping=args.grouping or "towers", devices=args.devices,
             strategy=args.strategy, stats_max_images=args.stats_max_images,
             max_steps_per_epoch=args.max_steps_per_epoch, verbose=0 if args.quiet else 1,
-            on_divergence=args.on_divergence, max_recoveries=args.max_recoveries)
+            on_divergence=args.on_divergence, max_recoveries=args.max_recoveries, data_service=args.data_service)
     except (ValueError, OSError, run_files.RunError) as e:  # bad paths, data, values; weights not had
         print(f"train.py: error: {e}", file=sys.stderr)
         return 2

@@ -279,6 +279,7 @@ def training_dataset(
     drop_remainder=False,
     counter=None,
     preprocessing=None,
+    data_service=None,
 ):
     """The paper's training input (§2, §4.1), one pass over the source per iteration.
 
@@ -338,9 +339,12 @@ def training_dataset(
         image = load(data)
         return pre_lib.random_crop_and_flip(image, view_seed, crop_size, mean_t)
 
-    ds = _examples(source, True, seed, num_shards, shard_index, shuffle_buffer)
-    seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
-    ds = _views(ds, view, [crop_size, crop_size, 3], counter, seeds, source.element != "square")
+    if data_service:
+        ds = _service_views(source, view, seed, shuffle_buffer)
+    else:
+        ds = _examples(source, True, seed, num_shards, shard_index, shuffle_buffer)
+        seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
+        ds = _views(ds, view, [crop_size, crop_size, 3], counter, seeds, source.element != "square")
     ds = _batch(ds, batch_size, drop_remainder, num_shards)
     if pca_stddev:
         if stats is not None:
@@ -352,7 +356,40 @@ def training_dataset(
         ds = ds.map(lambda images, labels: (pca(images, training=True), labels))
     if pre.std is not None or pre.channel_order != "RGB":
         ds = ds.map(lambda images, labels: (pre_lib.normalize(images, pre.std, pre.channel_order), labels))
+    if data_service:
+        ds = ds.apply(tf.data.experimental.service.distribute(
+            processing_mode=SERVICE_PROCESSING_MODE, service=data_service))
     return ds.prefetch(tf.data.AUTOTUNE)
+
+
+# The dispatcher hands each input worker splits of the source (the list of images, or of
+# prepared shard files): every pass (a job) delivers each image at most once, exactly once
+# while no worker fails. ("parallel_epochs" would make every worker read everything: one
+# pass per worker.)
+SERVICE_PROCESSING_MODE = "distributed_epoch"
+
+
+def _service_views(source, view, seed, shuffle_buffer):
+    """`training_dataset`'s views for a tf.data service (``data_service``): the source is a
+    dataset the dispatcher can split (indices into the file list, or the shard files), and
+    each view draws its crop, flip and seed on the worker that makes it. Batches are then a
+    function of which worker served what: the same seed no longer gives the same batches,
+    the price of input workers on other machines. Undecodable files are dropped (with a
+    logged warning on the worker) but not counted: the run's `SkipCounter` lives in this
+    process, not on the workers."""
+    if source.element == "square":
+        ds = prepared_records(source.files, source.label_map, shuffle=True, seed=seed)
+    elif source.paths is not None:
+        paths, labels = tf.constant(source.paths), tf.constant(source.labels)
+        ds = (tf.data.Dataset.range(source.num_examples)
+              .shuffle(min(source.num_examples, shuffle_buffer), seed=seed, reshuffle_each_iteration=True)
+              .map(lambda i: (tf.gather(paths, i), tf.gather(labels, i))))
+    else:
+        raise DatasetError(f"{source.location}: a TFDS source cannot be split between tf.data service "
+                           "workers here; prepare it (python -m keras_alexnet.prepare) or use a folder.")
+    ds = ds.map(lambda data, label: (view(data, tf.random.uniform([2], maxval=2**62, dtype=tf.int64)), label),
+                num_parallel_calls=tf.data.AUTOTUNE)
+    return ds if source.element == "square" else ds.ignore_errors(log_warning=True)
 
 
 def evaluation_dataset(

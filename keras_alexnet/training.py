@@ -153,6 +153,9 @@ class RunSettings:
     verbose: int = 1
     on_divergence: str = "stop"  # "stop" (raise TrainingDiverged) or "recover" (last good state, rate / 10)
     max_recoveries: int = 3  # "recover": at most this many times in the whole run
+    # grpc://HOST:PORT of a tf.data service dispatcher that makes the training input
+    # (keras_alexnet.data_service), or None: this process makes it.
+    data_service: str = None
 
 
 def _prepare_stats(train_source, recipe, run_dir, stats_path, max_images, is_chief):
@@ -186,7 +189,7 @@ def run_preprocessing(recipe, stats, weights=None):
 
 
 def _datasets(recipe, train_source, val_source, stats, preprocessing, counter, num_workers, worker_index,
-              seed_offset=0, pca=True, max_steps=None):
+              seed_offset=0, pca=True, max_steps=None, data_service=None):
     train_ds = data_lib.training_dataset(
         train_source,
         recipe.batch_size // num_workers,
@@ -197,6 +200,7 @@ def _datasets(recipe, train_source, val_source, stats, preprocessing, counter, n
         num_shards=num_workers,
         shard_index=worker_index,
         counter=counter,
+        data_service=data_service,
     )
     val_ds = data_lib.evaluation_dataset(
         val_source,
@@ -393,7 +397,11 @@ def _train_locked(recipe, data, settings, preset, stats_path, strategy, after_ru
         print(f"Resuming {run_dir} after epoch {initial_epoch} (learning rate {learning_rate(model):.3g}).", flush=True)
 
     counter = data_lib.SkipCounter()
-    callbacks.append(data_lib.SkipReport(counter, len(train_source.non_image_files)))
+    if settings.data_service:
+        print(f"Training input from the tf.data service {settings.data_service}: undecodable files "
+              "are dropped on its workers (logged there), not counted here.", flush=True)
+    else:
+        callbacks.append(data_lib.SkipReport(counter, len(train_source.non_image_files)))
     checkpoint = SaveTrainingState(run_dir, stateful, history, MONITOR, is_chief, worker_index)
     # The checkpoint goes after every callback that adds to the logs or changes state.
     callbacks += [checkpoint]
@@ -441,7 +449,8 @@ def _train_locked(recipe, data, settings, preset, stats_path, strategy, after_ru
               f"with learning rate {old:.3g} -> {old * RECOVERY_FACTOR:.3g}.", flush=True)
     seconds = time.time() - start
 
-    summary = summarize(run_dir, history, train_source, val_source, seconds, counter)
+    summary = summarize(run_dir, history, train_source, val_source, seconds,
+                        None if settings.data_service else counter)
     summary["data_dir"] = config["data"]["data_dir"]
     if is_chief:
         if after_run is not None:
@@ -464,7 +473,8 @@ def _fit_phases(model, recipe, settings, train_source, val_source, stats, prepro
         pca_on = not (recipe.pca_off_epoch and begin >= recipe.pca_off_epoch)
         train_ds, val_ds, steps = _datasets(recipe, train_source, val_source, stats, preprocessing, counter,
                                             num_workers, worker_index, seed_offset=begin, pca=pca_on,
-                                            max_steps=settings.max_steps_per_epoch)
+                                            max_steps=settings.max_steps_per_epoch,
+                                            data_service=settings.data_service)
         with warnings.catch_warnings(), datasets.naming_damaged_shard(train_source, val_source):
             # Validation streams are finite with a length Keras cannot know (unreadable
             # files are dropped): it warns when it reaches their end, which is expected.
@@ -521,7 +531,7 @@ def summarize(run_dir, history, train_source, val_source, seconds, counter):
         "train_images": train_source.num_examples,
         "val_images": val_source.num_examples,
         "num_classes": train_source.num_classes,
-        "skipped_files_this_session": counter.skipped,
+        "skipped_files_this_session": None if counter is None else counter.skipped,
         "training_seconds_this_session": seconds,
         "total_epoch_seconds": sum(r.get("seconds", 0.0) for r in history),
         "images_seen": trained_images,

@@ -53,7 +53,8 @@ def tiny_run(tmp_path_factory, tiny_data):
 # processes finish together instead of one waiting on a long file started last.
 LONGEST_FIRST = ("test_notebooks.py", "test_kills.py", "test_convert.py", "test_console.py",
                  "test_robust_runs.py", "test_finetune.py", "test_export.py", "test_evaluate.py", "test_training.py",
-                 "test_model.py", "test_distributed.py", "test_visualize.py", "test_pretrained.py", "test_data.py")
+                 "test_model.py", "test_distributed.py", "test_visualize.py", "test_pretrained.py", "test_data_service.py", "test_prepare.py",
+                 "test_data.py")
 
 
 def pytest_collection_modifyitems(items):

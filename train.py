@@ -21,6 +21,7 @@ PRESETS = ("paper", "original", "caffe", "tiny", "finetune")
 EXIT_BAD_INPUT = 2  # bad flags or data, another run's directory, a locked or damaged run
 EXIT_DIVERGED = 3  # the loss became NaN / inf; nothing of that epoch was saved
 EXIT_WRITE_FAILED = 4  # a file could not be written (full disk, read-only, quota)
+EXIT_INPUT_STALLED = 5  # --data-service: no training batch for --data-service-timeout (callbacks.InputWatchdog)
 
 EPILOG = f"""exit status:
   0  the run finished
@@ -35,6 +36,9 @@ EPILOG = f"""exit status:
   {EXIT_WRITE_FAILED}  a file could not be written (full disk, read-only directory, quota): no
      temporary file is left and checkpoint.json names the last whole checkpoint; run the same
      command again once the disk has room
+  {EXIT_INPUT_STALLED}  --data-service: no training batch came for --data-service-timeout seconds
+     (a tf.data service worker died mid-pass); every saved epoch is whole: run the same
+     command to resume
 """
 
 
@@ -133,6 +137,8 @@ def parse_args(argv=None):
     s.add_argument("--max-steps-per-epoch", type=positive_int, help="cap steps per epoch (smoke runs)")
     s.add_argument("--data-service", metavar="grpc://HOST:PORT",
                    help="make the training input on tf.data service workers (python -m keras_alexnet.data_service)")
+    s.add_argument("--data-service-timeout", type=positive_int, default=600, metavar="SECONDS",
+                   help="with --data-service: exit (status 5, resumable) when no training batch came for this long")
     s.add_argument("--on-divergence", choices=("stop", "recover"), default="stop",
                    help="when the loss becomes NaN/inf: stop (exit 3), or recover: go back to the last good "
                         "checkpoint (or the initial weights) with the learning rate / 10 (default: stop)")
@@ -213,7 +219,8 @@ def main(argv=None):
             steps_per_execution=args.steps_per_execution, grouping=args.grouping or "towers", devices=args.devices,
             strategy=args.strategy, stats_max_images=args.stats_max_images,
             max_steps_per_epoch=args.max_steps_per_epoch, verbose=0 if args.quiet else 1,
-            on_divergence=args.on_divergence, max_recoveries=args.max_recoveries, data_service=args.data_service)
+            on_divergence=args.on_divergence, max_recoveries=args.max_recoveries, data_service=args.data_service,
+            data_service_timeout_s=args.data_service_timeout)
     except (ValueError, OSError, run_files.RunError) as e:  # bad paths, data, values; weights not had
         print(f"train.py: error: {e}", file=sys.stderr)
         return 2

@@ -8,6 +8,9 @@ anything of the diverged epoch is saved: the resume pointer, ``best.keras`` and
 """
 
 import math
+import os
+import sys
+import threading
 import time
 from pathlib import Path
 
@@ -256,3 +259,56 @@ class SaveTrainingState(keras.callbacks.Callback):
         callbacks = {name: cb.get_state() for name, cb in self.stateful.items()}
         self.best = training_state.save_training_state(self.run_dir, self.model, self.history, callbacks,
                                              self.best, self.monitor)
+
+
+# ---------------------------------------------------------------------------------------
+# A training input that stops coming.
+
+EXIT_INPUT_STALLED = 5  # train.py's exit status when InputWatchdog fires
+
+
+class InputWatchdog(keras.callbacks.Callback):
+    """Ends the process when no training batch arrives for ``timeout_s`` seconds.
+
+    A tf.data service pass whose worker died waits for it forever (TensorFlow 2.21,
+    `keras_alexnet.data_service`); the wait is inside TensorFlow, where no Python
+    exception reaches. A thread watches the time since the last training batch (validation
+    and the epoch's save do not count) and, past ``timeout_s``, prints ``message`` and
+    calls ``on_stall`` (default: ``os._exit(EXIT_INPUT_STALLED)``). Every saved epoch is
+    whole (the checkpoints are written atomically), so the same command resumes.
+    """
+
+    def __init__(self, timeout_s, message, on_stall=None, poll_s=1.0):
+        super().__init__()
+        self.timeout_s, self.message, self.poll_s = float(timeout_s), message, poll_s
+        self.on_stall = on_stall or (lambda: os._exit(EXIT_INPUT_STALLED))
+        self._last, self._paused, self._stop = time.monotonic(), True, threading.Event()
+        self._thread = None
+
+    def _watch(self):
+        while not self._stop.wait(self.poll_s):
+            if not self._paused and time.monotonic() - self._last > self.timeout_s:
+                print(self.message.format(seconds=round(time.monotonic() - self._last)), file=sys.stderr,
+                      flush=True)
+                self._paused = True  # once
+                self.on_stall()
+
+    def on_train_begin(self, logs=None):
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._watch, name="input-watchdog", daemon=True)
+        self._thread.start()
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._last, self._paused = time.monotonic(), False
+
+    def on_train_batch_end(self, batch, logs=None):
+        self._last = time.monotonic()
+
+    def on_test_begin(self, logs=None):  # validation (this process's own pipeline)
+        self._paused = True
+
+    def on_epoch_end(self, epoch, logs=None):
+        self._paused = True
+
+    def on_train_end(self, logs=None):
+        self._stop.set()

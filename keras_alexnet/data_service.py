@@ -16,11 +16,13 @@ package's for convenience. Processing mode ``distributed_epoch``
 (or of prepared shard files) between the workers, so each pass over the data delivers
 every image once (tested with two workers on 127.0.0.1).
 
-**A worker that dies mid-pass stalls the training process** (measured with TensorFlow 2.21:
-after a worker was killed with SIGKILL, the pass delivered 21 of 40 images, each once, and
-then waited; it was still waiting 150 s later, although the dispatcher dropped the worker
-after 1.5 s). Nothing is lost: stop train.py and run the same command, which resumes after
-its last saved epoch (start a replacement worker first, or leave it out).
+**A worker that dies mid-pass stalls the pass** (measured with TensorFlow 2.21: after a
+worker was killed with SIGKILL, the pass delivered 21 of 40 images, each once, and then
+waited; it was still waiting 150 s later, although the dispatcher dropped the worker after
+1.5 s). So train.py watches its input (`keras_alexnet.callbacks.InputWatchdog`): when no
+training batch came for ``--data-service-timeout`` seconds (600 by default) it exits with
+status 5 and a message; every saved epoch is whole, and the same command resumes
+(``tools/data_service_kill_check.py`` shows it: killed worker, exit 5, resume, finish).
 
 Under the service, undecodable files are dropped on the workers with a logged warning
 but not counted in the run's metrics (the counter lives in the training process).

@@ -34,6 +34,7 @@ from keras_alexnet.callbacks import (
     RECOVERY_FACTOR,
     DivergenceGuard,
     EpochInfo,
+    InputWatchdog,
     PlateauSchedule,
     SaveTrainingState,
     StepSchedule,
@@ -156,6 +157,9 @@ class RunSettings:
     # grpc://HOST:PORT of a tf.data service dispatcher that makes the training input
     # (keras_alexnet.data_service), or None: this process makes it.
     data_service: str = None
+    # With data_service: the process ends (exit 5) when no training batch came for this
+    # long (callbacks.InputWatchdog): a pass whose worker died never ends by itself.
+    data_service_timeout_s: float = 600.0
 
 
 def _prepare_stats(train_source, recipe, run_dir, stats_path, max_images, is_chief):
@@ -400,6 +404,12 @@ def _train_locked(recipe, data, settings, preset, stats_path, strategy, after_ru
     if settings.data_service:
         print(f"Training input from the tf.data service {settings.data_service}: undecodable files "
               "are dropped on its workers (logged there), not counted here.", flush=True)
+        callbacks.append(InputWatchdog(
+            settings.data_service_timeout_s,
+            f"train.py: error: no training batch from the tf.data service {settings.data_service} for "
+            "{seconds} s (a worker that died mid-pass stalls the pass). Every saved epoch of "
+            f"{run_dir} is whole: start a replacement worker if needed and run the same command to "
+            "resume."))
     else:
         callbacks.append(data_lib.SkipReport(counter, len(train_source.non_image_files)))
     checkpoint = SaveTrainingState(run_dir, stateful, history, MONITOR, is_chief, worker_index)

@@ -75,3 +75,32 @@ def test_each_pass_delivers_every_image_once_and_train_py_trains_through_it(fold
     metrics = run_files.read_metrics(tmp_path / "run")
     assert list(metrics["epoch"]) == [1, 2] and np.isfinite(metrics["loss"]).all()
 
+
+
+def test_the_input_watchdog_fires_on_a_stalled_input_and_not_during_validation():
+    """A training input that stops for longer than the timeout calls on_stall once (train.py:
+    a message and exit status 5); a slow validation does not."""
+    import keras
+    import tensorflow as tf
+
+    from keras_alexnet import callbacks
+
+    def slow(i, pause):
+        def wait(x):
+            time.sleep(pause)
+            return x
+        return tf.data.Dataset.range(6).map(lambda x: tf.ensure_shape(
+            tf.py_function(lambda y: wait(y) if int(y) == i else y, [x], tf.int64), []))
+
+    def xy(ds):
+        return ds.map(lambda x: (tf.fill([1], tf.cast(x, tf.float32)), tf.cast(x % 2, tf.float32))).batch(1)
+
+    model = keras.Sequential([keras.Input((1,)), keras.layers.Dense(1)])
+    model.compile(optimizer="sgd", loss="mse")
+    for train_stall, val_stall, fires in ((2.5, 0.0, 1), (0.0, 2.5, 0)):
+        stalls = []
+        dog = callbacks.InputWatchdog(1.0, "stalled for {seconds} s", on_stall=lambda: stalls.append(1),
+                                      poll_s=0.05)
+        model.fit(xy(slow(3, train_stall)), validation_data=xy(slow(1, val_stall)), epochs=1, verbose=0,
+                  callbacks=[dog])
+        assert len(stalls) == fires, (train_stall, val_stall, stalls)

@@ -21,6 +21,7 @@ import dataclasses
 from pathlib import Path
 
 from keras_alexnet import runs
+from keras_alexnet.model import paper_layer
 from keras_alexnet.pretrained import file_hash_of
 from keras_alexnet.layers import PAPER_LAYERS, GroupedConv2D, LocalResponseNormalization, OnDevice
 
@@ -129,7 +130,7 @@ def open_source(spec):
 
 
 def _paper_layers(model):
-    return {layer.name.split("_")[0] for layer in model.layers}
+    return {paper_layer(layer.name) for layer in model.layers} - {None}
 
 
 def copy_weights(source_model, model):
@@ -141,7 +142,7 @@ def copy_weights(source_model, model):
     """
     for layer in source_model.layers:
         weights = layer.get_weights()
-        if not weights or layer.name.split("_")[0] == NEW_LAYER:
+        if not weights or paper_layer(layer.name) == NEW_LAYER:
             continue
         try:
             target = model.get_layer(layer.name)
@@ -161,6 +162,6 @@ def freeze(model, until):
         raise ValueError(f"freeze_until must be one of {FREEZABLE}, got {until!r}.")
     frozen = set(PAPER_LAYERS[:PAPER_LAYERS.index(until) + 1])
     for layer in model.layers:
-        if layer.name.split("_")[0] in frozen and layer.weights:
+        if paper_layer(layer.name) in frozen and layer.weights:
             layer.trainable = False
     return model

@@ -55,7 +55,7 @@ from pathlib import Path
 
 import numpy as np
 
-from keras_alexnet import datasets, preprocessing as pre_lib, sources
+from keras_alexnet import datasets, preprocessing as pre_lib, run_files, sources
 
 ENCODINGS = ("jpeg", "png", "raw")
 JPEG_QUALITY = 95
@@ -142,9 +142,7 @@ def write_shard(task):
     os.replace(tmp, path)
     done = {**identity, "file": path.name, "records": records, "bytes": path.stat().st_size,
             "skipped": skipped}
-    marker = path.with_name(path.name + ".done")
-    marker.with_name(marker.name + ".tmp").write_text(json.dumps(done))
-    os.replace(marker.with_name(marker.name + ".tmp"), marker)
+    run_files.atomic_write_text(path.with_name(path.name + ".done"), json.dumps(done))
     return done
 
 
@@ -280,9 +278,7 @@ def prepare(data_dir, out, *, resize_size=pre_lib.RESIZE_SIZE, shards=16, val_sh
             "skipped": [s for m in markers for s in m["skipped"]],
             "non_image_files": list(source.non_image_files),
         }
-    tmp = out / (datasets.MANIFEST_FILE + ".tmp")
-    tmp.write_text(json.dumps(manifest, indent=1) + "\n")
-    os.replace(tmp, out / datasets.MANIFEST_FILE)
+    run_files.atomic_write_text(out / datasets.MANIFEST_FILE, json.dumps(manifest, indent=1) + "\n")
     return manifest
 
 

@@ -12,16 +12,16 @@ from keras_alexnet import finetune, pretrained, recipes, run_files, runs, synthe
 
 # Toy size (67 px crops, fc 64, one tower without LRN: the cheapest AlexNet to train here).
 # The source: 4 synthetic classes (cross, stripes, star, checker), 256 images each, trained
-# with Adam (2e-3 with a cosine decay, batch 32, 12 passes: 384 steps) through the package's
-# own pipeline, to about 10% validation error on its classes (the tiny SGD recipe is near
-# 55% after as many steps; any trained network can be a source, and a weak one would test
-# little).
+# with Adam (2e-3 with a cosine decay, batch 32, 8 passes: 256 steps) through the package's
+# own pipeline (Adam learns this toy source much faster than the tiny SGD recipe, still near
+# 58% validation error after twice as many steps; any trained network can be a source, and
+# a weak one would test little).
 SOURCE_CLASSES = ("cross", "stripes", "star", "checker")
 TARGET_CLASSES = ("disc", "square", "triangle", "ring")
 CLASSES_PER_SPLIT, TRAIN_PER_CLASS, VAL_PER_CLASS = 4, 256, 50
 SOURCE_MODEL = dict(input_shape=(67, 67, 3), fc_units=64, grouping="none", lrn=False, dropout=0.0,
                     weight_stddev={"default": "he", "fc8": 0.01}, positive_bias=0.0, input_scale=1 / 64)
-SOURCE_PASSES, SOURCE_BATCH, SOURCE_LR = 12, 32, 2e-3
+SOURCE_PASSES, SOURCE_BATCH, SOURCE_LR = 8, 32, 2e-3
 # Both runs on the other 4 classes (disc, square, triangle, ring): one epoch (64 steps of 16)
 # at the finetune preset's rate of 0.001, seed 0, float32, no dropout or PCA noise (toy fc
 # layers of 64). The from-scratch run is the tiny preset (its He initialisation and input
@@ -94,7 +94,7 @@ def test_fine_tuning_beats_training_from_scratch_and_records_its_source(data, so
     assert code == 0, err[-3000:]
     ft_error, scratch_error = first_epoch_error(ft), first_epoch_error(scratch)
     print(f"first-epoch validation top-1 error: fine-tuned {ft_error:.1%}, from scratch {scratch_error:.1%}")
-    # Measured: 46.5% against 73.0%. Half (what the issue asked) is not reached at toy size:
+    # Measured: 51.0% against 73.0% (46.5% with 12 source passes). Half (what the issue asked) is not reached at toy size:
     # these synthetic shape groups share little (README, "Fine-tune on your own folders").
     assert ft_error <= 0.8 * scratch_error, (ft_error, scratch_error)
 

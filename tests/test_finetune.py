@@ -11,30 +11,39 @@ import train_cli
 from keras_alexnet import finetune, pretrained, recipes, run_files, runs, synthetic, training
 
 # Toy size (67 px crops, fc 64, one tower without LRN: the cheapest AlexNet to train here).
-# The source: 4 synthetic classes (cross, stripes, star, checker), 256 images each, trained
-# with Adam (2e-3 with a cosine decay, batch 32, 8 passes: 256 steps) through the package's
-# own pipeline (Adam learns this toy source much faster than the tiny SGD recipe, still near
-# 58% validation error after twice as many steps; any trained network can be a source, and
-# a weak one would test little).
-SOURCE_CLASSES = ("cross", "stripes", "star", "checker")
-TARGET_CLASSES = ("disc", "square", "triangle", "ring")
+# The source: 4 synthetic classes, 256 images each, trained with Adam (1e-3 with a cosine
+# decay, batch 32, 8 passes: 256 steps) through the package's own pipeline; it ends near 95%
+# validation accuracy on its classes (Adam learns this toy source much faster than the tiny
+# SGD recipe; any trained network can be a source, and a weak one would test little: at
+# 2e-3 it reached 71-79% and fine-tuned to 31-40%). The classes alternate between source and
+# target (disc, triangle, cross, stripes against square, ring, star, checker), so each target
+# class has a relative among the source's (filled outline, pointed polygon, stroked lines,
+# texture), as ImageNet's classes have among a new dataset's. With the filled shapes (disc,
+# square, triangle, ring) as the targets of a source trained on the other four, fine-tuning
+# reached only 46-51% against 73% from scratch.
+SOURCE_CLASSES = ("disc", "triangle", "cross", "stripes")
+TARGET_CLASSES = ("square", "ring", "star", "checker")
 CLASSES_PER_SPLIT, TRAIN_PER_CLASS, VAL_PER_CLASS = 4, 256, 50
 SOURCE_MODEL = dict(input_shape=(67, 67, 3), fc_units=64, grouping="none", lrn=False, dropout=0.0,
                     weight_stddev={"default": "he", "fc8": 0.01}, positive_bias=0.0, input_scale=1 / 64)
-SOURCE_PASSES, SOURCE_BATCH, SOURCE_LR = 8, 32, 2e-3
-# Both runs on the other 4 classes (disc, square, triangle, ring): one epoch (64 steps of 16)
-# at the finetune preset's rate of 0.001, seed 0, float32, no dropout or PCA noise (toy fc
-# layers of 64). The from-scratch run is the tiny preset (its He initialisation and input
-# scale: the paper's N(0, 0.01) stalls at toy size) with the same rate and flags, so only
-# the initial weights differ.
+SOURCE_PASSES, SOURCE_BATCH, SOURCE_LR = 8, 32, 1e-3
+# Both runs on the target classes: one epoch (64 steps of 16) at the same rate, seed 0,
+# float32, no dropout or PCA noise (toy fc layers of 64). The from-scratch run is the tiny
+# preset (its He initialisation and input scale: the paper's N(0, 0.01) stalls at toy size)
+# with the same rate and flags, so only the initial weights differ. The rate is 1e-4, not
+# the finetune preset's 0.001 (Caffe's, for the 4096-unit ImageNet network): on this source,
+# whose fc7 outputs are large, 0.001 diverged in its first steps for 2 seeds of 4 (55% and
+# 63% error; 21% and 24.5% for the others), and fc8 at 10x the rate (Caffe's lr_mult) was
+# worse still. Measured at 1e-4, seeds 0-3: fine-tuned 29.0 / 20.0 / 21.0 / 20.5%, from
+# scratch 80.5 / 69.5 / 69.5 / 76.5%; from scratch at the tiny preset's own 0.01,
+# 62.5 / 64.5 / 68.0 / 75.0%.
 RUN_FLAGS = ["--epochs", "1", "--batch-size", "16", "--quiet", "--precision", "float32", "--seed", "0",
-             "--dropout", "0", "--pca-stddev", "0", "--lr", "0.001"]
+             "--dropout", "0", "--pca-stddev", "0", "--lr", "0.0001"]
 
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
-    """The synthetic dataset's last 4 classes (``a``: cross, stripes, star, checker, the
-    source's) and its first 4 (``b``: disc, square, triangle, ring, the new ones)."""
+    """The synthetic dataset's classes split in two: ``a``, the source's, and ``b``, the new ones."""
     root = tmp_path_factory.mktemp("finetune_data")
     all8 = synthetic.make_dataset(root / "all8", num_classes=8, train_per_class=TRAIN_PER_CLASS,
                                   val_per_class=VAL_PER_CLASS, size=76)
@@ -96,13 +105,14 @@ def test_fine_tuning_beats_training_from_scratch_and_records_its_source(data, so
     print(f"first-epoch validation top-1 error: fine-tuned {ft_error:.1%}, from scratch {scratch_error:.1%}")
     # Measured: 51.0% against 73.0% (46.5% with 12 source passes). Half (what the issue asked) is not reached at toy size:
     # these synthetic shape groups share little (README, "Fine-tune on your own folders").
-    assert ft_error <= 0.8 * scratch_error, (ft_error, scratch_error)
+    assert ft_error <= 0.5 * scratch_error, (ft_error, scratch_error)
 
     config = json.loads((ft / "config.json").read_text())
     src = runs.open_run(source)
     assert config["weights"] == {"spec": str(source), "path": str(source),
                                  "sha256": pretrained.file_hash_of(src.model_path)}
-    assert config["data"]["preset"] == "finetune" and config["recipe"]["learning_rate"] == 0.001
+    assert config["data"]["preset"] == "finetune" and config["recipe"]["learning_rate"] == 0.0001
+    assert config["recipe"]["epochs"] == 1 and config["recipe"]["plateau_patience"] == 3  # the preset's
     assert config["settings"]["grouping"] == "none" and config["recipe"]["lrn"] is False  # the source's
     assert config["recipe"]["fc_units"] == 64 and config["num_classes"] == 4
 

@@ -7,6 +7,7 @@ import shutil
 import numpy as np
 import pytest
 
+import fault_worker
 import train_cli
 from keras_alexnet import finetune, pretrained, recipes, run_files, runs, synthetic, training
 
@@ -93,10 +94,21 @@ def first_epoch_error(run_dir):
     return float(run_files.read_metrics(run_dir / run_files.METRICS_FILE)["val_top1_error"][0])
 
 
-def test_fine_tuning_beats_training_from_scratch_and_records_its_source(data, source, tmp_path):
+def test_fine_tuning_beats_training_from_scratch_and_records_its_source(data, source, tmp_path, monkeypatch):
     ft, scratch = tmp_path / "ft", tmp_path / "scratch"
-    code, _, err = train_cli.main(["--data-dir", data / "b", "--weights", source, "--output-dir", ft, *RUN_FLAGS])
+    # Two epochs, the second's checkpoint failing to save (a full disk): the run stops with
+    # epoch 1 saved, and the same command resumes it from there, not from the source with a
+    # new fc8 (which would be at chance after the resumed epoch).
+    ft_flags = ["--data-dir", data / "b", "--weights", source, "--output-dir", ft, *RUN_FLAGS, "--epochs", "2"]
+    with monkeypatch.context() as patch:
+        fault_worker.inject("enospc-save:epoch-0002.keras", patch.setattr)
+        code, _, err = train_cli.main(ft_flags)
+    assert code == 4 and "No space left on device" in err, err[-3000:]
+    assert len(run_files.read_metrics(ft / run_files.METRICS_FILE)["val_top1_error"]) == 1
+    code, _, err = train_cli.main(ft_flags)
     assert code == 0, err[-3000:]
+    errors = [float(e) for e in run_files.read_metrics(ft / run_files.METRICS_FILE)["val_top1_error"]]
+    assert len(errors) == 2 and errors[1] <= errors[0] + 0.15, errors
     code, _, err = train_cli.main(["--data-dir", data / "b", "--output-dir", scratch, "--preset", "tiny",
                                    "--crop-size", "67", "--resize-size", "76", "--fc-units", "64",
                                    "--grouping", "none", "--no-lrn", *RUN_FLAGS])
@@ -112,7 +124,7 @@ def test_fine_tuning_beats_training_from_scratch_and_records_its_source(data, so
     assert config["weights"] == {"spec": str(source), "path": str(source),
                                  "sha256": pretrained.file_hash_of(src.model_path)}
     assert config["data"]["preset"] == "finetune" and config["recipe"]["learning_rate"] == 0.0001
-    assert config["recipe"]["epochs"] == 1 and config["recipe"]["plateau_patience"] == 3  # the preset's
+    assert config["recipe"]["epochs"] == 2 and config["recipe"]["plateau_patience"] == 3  # the preset's
     assert config["settings"]["grouping"] == "none" and config["recipe"]["lrn"] is False  # the source's
     assert config["recipe"]["fc_units"] == 64 and config["num_classes"] == 4
 

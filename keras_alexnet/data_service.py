@@ -16,13 +16,14 @@ package's for convenience. Processing mode ``distributed_epoch``
 (or of prepared shard files) between the workers, so each pass over the data delivers
 every image once (tested with two workers on 127.0.0.1).
 
-**A worker that dies mid-pass stalls the pass** (measured with TensorFlow 2.21: after a
-worker was killed with SIGKILL, the pass delivered 21 of 40 images, each once, and then
-waited; it was still waiting 150 s later, although the dispatcher dropped the worker after
-1.5 s). So train.py watches its input (`keras_alexnet.callbacks.InputWatchdog`): when no
-training batch came for ``--data-service-timeout`` seconds (600 by default) it exits with
-status 5 and a message; every saved epoch is whole, and the same command resumes
-(``tools/data_service_kill_check.py`` shows it: killed worker, exit 5, resume, finish).
+**A worker that dies can stall the pass it serves** (TensorFlow 2.21, measured with 400
+images: a worker killed with SIGKILL as a pass started left the pass at 206 of 400 images,
+each delivered once, waiting for good, although the dispatcher dropped the worker after
+1.5 s; killed a second into a pass of train.py, the survivor served the rest). So train.py
+watches its input (`keras_alexnet.callbacks.InputWatchdog`): when no training batch came for
+``--data-service-timeout`` seconds (600 by default) it exits with status 5 and a message;
+every saved epoch is whole, and the same command resumes (tests/test_data_service.py;
+``tools/data_service_kill_check.py`` by hand).
 
 Under the service, undecodable files are dropped on the workers with a logged warning
 but not counted in the run's metrics (the counter lives in the training process).

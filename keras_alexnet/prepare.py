@@ -8,8 +8,13 @@ writes the squares of the train and val splits as sharded TFRecord files::
 
     python -m keras_alexnet.prepare --data-dir DIR --out OUT [--resize-size 256] \\
         [--shards 16] [--val-shards 4] [--encoding jpeg|png|raw] [--workers N]
+    python -m keras_alexnet.prepare --tfds imagenet2012 --data-dir TFDS_DIR \\
+        [--manual-dir DIR_WITH_ILSVRC2012_TARS] --out OUT
 
-``DIR`` is any folder `keras_alexnet.sources.folder_source` reads. Every tool that takes
+``DIR`` is any folder `keras_alexnet.sources.folder_source` reads; with ``--tfds`` the
+images come from a tensorflow-datasets dataset (`keras_alexnet.sources.tfds_source`: made
+from ``--manual-dir`` first where it is not prepared, never downloaded), each shard from its
+own slice of the split (TFDS stores its training records shuffled). Every tool that takes
 ``--data-dir`` (``train.py``, ``evaluate.py``, ``python -m keras_alexnet.stats``) then
 reads ``OUT`` as it is: `keras_alexnet.datasets.load_source` finds ``OUT/manifest.json``.
 
@@ -68,10 +73,10 @@ def shard_name(split, index, count):
     return f"{split}-{index:05d}-of-{count:05d}.tfrecord"
 
 
-def _identity(args):
+def _identity(source, resize_size, encoding, jpeg_quality):
     """What makes two preparations the same data set (written in every marker and the manifest)."""
-    return {"source": str(Path(args.data_dir).resolve()), "resize_size": args.resize_size,
-            "encoding": args.encoding, "jpeg_quality": args.jpeg_quality if args.encoding == "jpeg" else None}
+    return {"source": source, "resize_size": int(resize_size), "encoding": encoding,
+            "jpeg_quality": int(jpeg_quality) if encoding == "jpeg" else None}
 
 
 _ENCODER = {}
@@ -113,14 +118,35 @@ def _example(image, label, key):
     })).SerializeToString()
 
 
+def _read(items):
+    """``(name, read, label)`` for each image of a shard's ``items``: a list of ``(file,
+    label)``, or a `_tfds_slice` dict; ``read()`` gives the file's bytes."""
+    import tensorflow as tf
+
+    if isinstance(items, dict):
+        source = sources.tfds_source(items["tfds"], items["split"], data_dir=items["data_dir"],
+                                     class_index=items["class_index"], class_names=items["class_names"])
+        for i, (data, label) in enumerate(source.dataset):
+            yield f"{items['split']}#{i}", (lambda data=data: data), int(label)
+    else:
+        for file, label in items:
+            yield file, (lambda file=file: tf.io.read_file(file)), label
+
+
+def _count(items):
+    return items["count"] if isinstance(items, dict) else len(items)
+
+
 def write_shard(task):
     """Writes one shard (a temporary name, renamed when complete, then its ``.done`` marker).
 
     Args:
-        task: ``(path, [(file, label), ...], identity)``.
+        task: ``(path, items, identity)``; ``items``: ``[(file, label), ...]``, or a slice
+            of a TFDS split (`_tfds_slice`).
 
     Returns:
-        The marker's dict: ``file``, ``records``, ``bytes``, ``skipped``.
+        The marker's dict: ``file``, ``records``, ``bytes``, ``labels`` (those written),
+        ``skipped``.
     """
     import tensorflow as tf
 
@@ -128,20 +154,21 @@ def write_shard(task):
     path = Path(path)
     encode = _encoder(identity["resize_size"], identity["encoding"], identity["jpeg_quality"])
     tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-    records, skipped = 0, []
+    records, labels, skipped = 0, set(), []
     with tf.io.TFRecordWriter(str(tmp)) as writer:
-        for file, label in items:
+        for name, read, label in _read(items):
             try:
-                image = encode(tf.io.read_file(file))
+                image = encode(read())
             except (tf.errors.InvalidArgumentError, tf.errors.NotFoundError) as e:
                 reason = e.message.strip().splitlines()[0][:200]
-                skipped.append({"file": file, "reason": reason})
+                skipped.append({"file": name, "reason": reason})
                 continue
-            writer.write(_example(image, label, os.path.basename(file)))
+            writer.write(_example(image, label, os.path.basename(name)))
             records += 1
+            labels.add(label)
     os.replace(tmp, path)
     done = {**identity, "file": path.name, "records": records, "bytes": path.stat().st_size,
-            "skipped": skipped}
+            "labels": sorted(labels), "skipped": skipped}
     run_files.atomic_write_text(path.with_name(path.name + ".done"), json.dumps(done))
     return done
 
@@ -160,26 +187,42 @@ def _finished(path, identity):
     return done if path.stat().st_size == done["bytes"] else None
 
 
-def _plan(source, split, num_shards, out, seed=0):
-    """``[(path, items)]``: the images of a split cut into shards (train: permuted)."""
+def _tfds_slice(tfds, source, start, stop):
+    """A shard's items for a TFDS source: records ``start:stop`` of its split, read by
+    the worker process that writes the shard."""
+    return {"tfds": tfds["name"], "data_dir": tfds["data_dir"], "split": f"{source.split}[{start}:{stop}]",
+            "class_index": source.class_index, "class_names": list(source.class_names), "count": stop - start}
+
+
+def _plan(source, split, num_shards, out, seed=0, tfds=None):
+    """``[(path, items)]``: the images of a split cut into shards (folders: the training
+    images permuted; TFDS: consecutive slices of its stored, shuffled order)."""
+    count = max(1, min(num_shards, source.num_examples))
+    bounds = np.linspace(0, source.num_examples, count + 1).astype(int)
+    if tfds:
+        return [(out / shard_name(split, i, count), _tfds_slice(tfds, source, bounds[i], bounds[i + 1]))
+                for i in range(count)]
     items = [(str(p), int(l)) for p, l in zip(source.paths, source.labels)]
     if split == "train":
         items = [items[i] for i in np.random.default_rng(seed).permutation(len(items))]
-    count = max(1, min(num_shards, len(items)))
-    bounds = np.linspace(0, len(items), count + 1).astype(int)
     return [(out / shard_name(split, i, count), items[bounds[i]:bounds[i + 1]]) for i in range(count)]
 
 
 def estimate_bytes(source, identity, sample=32):
-    """Estimated bytes of a split's shards, from encoding an evenly spaced sample."""
+    """Estimated bytes of a split's shards, from encoding an evenly spaced sample (the
+    first ``sample`` records of a TFDS split)."""
     import tensorflow as tf
 
     encode = _encoder(identity["resize_size"], identity["encoding"], identity["jpeg_quality"])
-    picks = np.unique(np.linspace(0, source.num_examples - 1, min(sample, source.num_examples)).astype(int))
+    if source.paths is None:
+        datas = (data for data, _ in source.dataset.take(sample))
+    else:
+        picks = np.unique(np.linspace(0, source.num_examples - 1, min(sample, source.num_examples)).astype(int))
+        datas = (tf.io.read_file(source.paths[i]) for i in picks)
     sizes = []
-    for i in picks:
+    for data in datas:
         try:
-            sizes.append(len(encode(tf.io.read_file(source.paths[i]))))
+            sizes.append(len(encode(data)))
         except (tf.errors.InvalidArgumentError, tf.errors.NotFoundError):
             pass
     return (float(np.mean(sizes)) + RECORD_OVERHEAD) * source.num_examples if sizes else 0.0
@@ -203,41 +246,51 @@ def _check_out(out, identity):
         )
 
 
-def prepare(data_dir, out, *, resize_size=pre_lib.RESIZE_SIZE, shards=16, val_shards=4,
-            encoding="jpeg", jpeg_quality=JPEG_QUALITY, class_index="auto", workers=None,
+def prepare(data_dir, out, *, tfds_name=None, manual_dir=None, resize_size=pre_lib.RESIZE_SIZE, shards=16,
+            val_shards=4, encoding="jpeg", jpeg_quality=JPEG_QUALITY, class_index="auto", workers=None,
             progress=True):
-    """Writes the train and val squares of ``data_dir`` to ``out`` (module docstring);
-    resumes a killed run. Returns the manifest (a dict).
+    """Writes the train and val squares of ``data_dir`` (a folder, or with ``tfds_name`` a
+    TFDS data directory) to ``out`` (module docstring); resumes a killed run. Returns the
+    manifest (a dict).
 
     Raises:
         keras_alexnet.sources.DatasetError: ``out`` holds another data set, or bad data
-            (as `keras_alexnet.sources.folder_source`).
+            (as `keras_alexnet.sources.folder_source` and `keras_alexnet.sources.tfds_source`).
     """
     if encoding not in ENCODINGS:
         raise ValueError(f"encoding must be one of {ENCODINGS}, got {encoding!r}.")
     if min(shards, val_shards) < 1:
         raise ValueError("--shards and --val-shards must be at least 1.")
     out = Path(out)
-    identity = _identity(argparse.Namespace(data_dir=data_dir, resize_size=int(resize_size),
-                                            encoding=encoding, jpeg_quality=int(jpeg_quality)))
+    tfds = None
+    if tfds_name:
+        tfds = {"name": tfds_name, "data_dir": str(Path(data_dir).resolve()) if data_dir else None}
+        name = f"tfds:{tfds_name}" + (f" in {tfds['data_dir']}" if data_dir else "")
+    else:
+        name = str(Path(data_dir).resolve())
+    identity = _identity(name, resize_size, encoding, jpeg_quality)
     _check_out(out, identity)
-    train = sources.folder_source(data_dir, "train", class_index=class_index)
-    val = sources.folder_source(data_dir, "val", class_names=train.class_names)
+    kwargs = dict(tfds_name=tfds_name, manual_dir=manual_dir, class_index=class_index)
+    train = datasets.load_source(data_dir, "train", **kwargs)
+    if train.element == "square":
+        raise sources.DatasetError(f"{data_dir} is prepared already ({datasets.MANIFEST_FILE}): every tool reads "
+                                   "it as it is.")
+    val = datasets.load_source(data_dir, "val", class_names=train.class_names, **kwargs)
     splits = {"train": (train, shards), "val": (val, val_shards)}
     out.mkdir(parents=True, exist_ok=True)
 
     plans, done, todo = {}, {}, []
     for split, (source, count) in splits.items():
-        plans[split] = _plan(source, split, count, out)
+        plans[split] = _plan(source, split, count, out, tfds=tfds)
         for path, items in plans[split]:
             finished = _finished(path, identity)
             if finished is None:
                 todo.append((str(path), items, identity))
             else:
                 done[path.name] = finished
-    remaining = sum(len(items) for _, items, _ in todo)
+    remaining = sum(_count(items) for _, items, _ in todo)
     estimate = sum(estimate_bytes(s, identity) for s, _ in splits.values())
-    print(f"Preparing {train.num_examples} train + {val.num_examples} val images of {data_dir} as "
+    print(f"Preparing {train.num_examples} train + {val.num_examples} val images of {name} as "
           f"{resize_size}x{resize_size} {encoding} in {out}: about {estimate / 1e9:.2f} GB; "
           f"{len(done)} shard(s) already done, {len(todo)} to write ({remaining} images).", flush=True)
 
@@ -247,7 +300,7 @@ def prepare(data_dir, out, *, resize_size=pre_lib.RESIZE_SIZE, shards=16, val_sh
         from tqdm import tqdm
 
         bar = tqdm(total=remaining, unit="img", desc="prepare", file=sys.stderr)
-    sizes = {path: len(items) for path, items, _ in todo}
+    sizes = {path: _count(items) for path, items, _ in todo}
     if workers == 1:
         results = map(write_shard, todo)
     else:
@@ -273,7 +326,7 @@ def prepare(data_dir, out, *, resize_size=pre_lib.RESIZE_SIZE, shards=16, val_sh
         manifest["splits"][split] = {
             "location": source.location,
             "count": sum(m["records"] for m in markers),
-            "classes": sorted({source.class_names[l] for l in source.labels}),
+            "classes": sorted({source.class_names[l] for l in _labels(source, markers)}),
             "shards": [{"file": m["file"], "records": m["records"], "bytes": m["bytes"]} for m in markers],
             "skipped": [s for m in markers for s in m["skipped"]],
             "non_image_files": list(source.non_image_files),
@@ -282,11 +335,22 @@ def prepare(data_dir, out, *, resize_size=pre_lib.RESIZE_SIZE, shards=16, val_sh
     return manifest
 
 
+def _labels(source, markers):
+    """The class indices present in a split (a folder's listing, else the shards' markers)."""
+    if source.labels is not None:
+        return set(source.labels.tolist())
+    return {label for m in markers for label in m["labels"]}
+
+
 def main(argv=None):
     """Command-line entry point (see the module docstring)."""
     parser = argparse.ArgumentParser(prog="python -m keras_alexnet.prepare",
                                      description="The 256x256 squares made once, as sharded TFRecords.")
-    parser.add_argument("--data-dir", required=True, help="image folder (DIR/train, DIR/val)")
+    parser.add_argument("--data-dir", required=True,
+                        help="image folder (DIR/train, DIR/val), or the TFDS data directory with --tfds")
+    parser.add_argument("--tfds", metavar="NAME", help="a TFDS dataset, e.g. imagenet2012 (never downloaded)")
+    parser.add_argument("--manual-dir", help="with --tfds: TFDS manual dir (ILSVRC2012_img_{train,val}.tar), "
+                        "used where the dataset is not prepared yet")
     parser.add_argument("--out", required=True, help="output directory")
     parser.add_argument("--resize-size", type=int, default=pre_lib.RESIZE_SIZE)
     parser.add_argument("--shards", type=int, default=16, help="training shards")
@@ -298,7 +362,8 @@ def main(argv=None):
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
     try:
-        manifest = prepare(args.data_dir, args.out, resize_size=args.resize_size, shards=args.shards,
+        manifest = prepare(args.data_dir, args.out, tfds_name=args.tfds, manual_dir=args.manual_dir,
+                           resize_size=args.resize_size, shards=args.shards,
                            val_shards=args.val_shards, encoding=args.encoding, jpeg_quality=args.jpeg_quality,
                            class_index=args.class_index, workers=args.workers, progress=not args.no_progress)
     except (ValueError, OSError) as e:

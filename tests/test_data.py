@@ -650,3 +650,29 @@ def test_tfds_imagenet2012_prepared_offline_from_manual_tars(imagenet2012_tars):
     ds = data.training_dataset(compact, 2, seed=0, crop_size=8, resize_size=8, counter=counter)
     assert sorted(read_labels(ds).tolist()) == [997, 997, 998, 998, 999, 999]
     assert counter.skipped == 0 and counter.images == 6
+
+
+def test_prepare_reads_a_tfds_dataset(imagenet2012_tars, tmp_path):
+    """``python -m keras_alexnet.prepare --tfds imagenet2012``: every image of both splits
+    once, with its true label (the validation labels re-derived from file names), in shards
+    written by worker processes from their own slices of the split."""
+    from keras_alexnet import prepare
+
+    manual, data_dir, train_truth, val_truth = imagenet2012_tars
+    out = tmp_path / "prepared"
+    manifest = prepare.prepare(data_dir, out, tfds_name="imagenet2012", manual_dir=manual, resize_size=16,
+                               shards=2, val_shards=2, encoding="png", workers=1, progress=False)
+    assert manifest["source"] == f"tfds:imagenet2012 in {data_dir.resolve()}"
+    assert [manifest["splits"][s]["count"] for s in ("train", "val")] == [6, 3]
+    assert [len(manifest["splits"][s]["shards"]) for s in ("train", "val")] == [2, 2]
+    assert manifest["splits"]["train"]["classes"] == sorted({WNID_A, WNID_B, "n01484850"})
+    train = datasets.load_source(out, "train")
+    assert train.element == "square" and train.num_classes == 1000
+    assert sorted(identify(train, train_truth)) == sorted((w, w) for w in train_truth.values())
+    val = datasets.load_source(out, "val")
+    assert sorted(identify(val, val_truth)) == sorted((w, w) for w in val_truth.values())
+    # Run again: every shard is done, nothing is rewritten.
+    stamps = {p.name: p.stat().st_mtime_ns for p in out.glob("*.tfrecord")}
+    prepare.prepare(data_dir, out, tfds_name="imagenet2012", resize_size=16, shards=2, val_shards=2,
+                    encoding="png", workers=1, progress=False)
+    assert {p.name: p.stat().st_mtime_ns for p in out.glob("*.tfrecord")} == stamps

@@ -83,13 +83,18 @@ class MeanOnly:
         self.eigenvectors = IMAGENET_EIGENVECTORS
 
 
-def tf_batches(source, stats, seed, threads=None):
+def tf_batches(source, stats, seed, threads=None, deterministic=True):
+    """``deterministic=False``: tf.data may hand out elements in the order they are ready
+    (`tf.data.Options.deterministic`), what the package's pipeline gives up for
+    reproducible batches."""
     ds = data.training_dataset(source, BATCH, stats=stats, seed=seed, drop_remainder=True)
+    options = tf.data.Options()
     if threads:
-        options = tf.data.Options()
         options.threading.private_threadpool_size = threads
         options.threading.max_intra_op_parallelism = 1
-        ds = ds.with_options(options)
+    if not deterministic:
+        options.deterministic = False
+    ds = ds.with_options(options)
     for images, labels in ds:
         yield images.numpy(), labels.numpy()
 

@@ -10,6 +10,8 @@ batch 128) reading:
   photos of median 500x375, repeated to ``--repeat`` x 100 files by symlinks);
 - ``prepared``: the same photos after ``python -m keras_alexnet.prepare`` (its default
   encoding, JPEG q95 4:4:4 squares of 256);
+- ``prepared, any order``: the same with ``tf.data.Options.deterministic = False`` (elements
+  handed out as they are ready): what the package's deterministic order costs;
 - ``PIL + NumPy``: the hand-written peer of ``bench/bench_pipeline.py`` reading the same
   256x256 squares as JPEG files (q95, written once here; no resize left to do).
 
@@ -130,6 +132,7 @@ def main():
         variants = {
             "raw folder (tf.data)": lambda seed: tf_batches(raw, stats, seed),
             "prepared (tf.data)": lambda seed: tf_batches(prepared, stats, seed),
+            "prepared, any order": lambda seed: tf_batches(prepared, stats, seed, deterministic=False),
             "PIL + NumPy, 256 JPEGs": lambda seed: pil_batches(squares, mean_image, seed),
         }
         variants = {name: epochs(make) for name, make in variants.items()}

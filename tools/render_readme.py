@@ -63,6 +63,34 @@ def prepared_table():
                  f"stored as {d['encoding']}; `prepare` itself, one process: {p['images_per_s_per_busy_core']:.0f} "
                  f"images/s per busy core, {p['bytes_per_image'] / 1e3:.0f} KB per image. {_machine(d['machine'])}. "
                  "`bench/results/prepared_pipeline.json`, from `python bench/bench_prepared.py`.")
+    raw, prepared = (d["summary"][k]["images_per_s_per_busy_core"] for k in ("raw folder (tf.data)", "prepared (tf.data)"))
+    lines.append(f"\nIn cores per GPU: one A100 trains this network at about {A100_IMAGES_PER_S:,} images/s "
+                 f"(tf_cnn_benchmarks' AlexNet, fp16). From full-size folders that takes about "
+                 f"{A100_IMAGES_PER_S:,} / {raw:,.0f} = {A100_IMAGES_PER_S / raw:.0f} busy cores of input; from "
+                 f"prepared shards about {A100_IMAGES_PER_S:,} / {prepared:,.0f} = {A100_IMAGES_PER_S / prepared:.0f}.")
+    return "\n".join(lines)
+
+
+# tf_cnn_benchmarks' AlexNet on one A100 in fp16 (the figure the prepared-data issue quotes).
+A100_IMAGES_PER_S = 16_500
+
+
+def prepared_vs_raw_table():
+    path = RESULTS / "prepared_vs_raw.json"
+    if not path.is_file():
+        return f"(no {path.relative_to(ROOT)} yet: run `python bench/bench_prepared_vs_raw.py`)"
+    d = json.loads(path.read_text())
+    lines = ["| training input | final validation top-1 error, by seed | mean | sd |", "|---|---|---|---|"]
+    for name, r in d["summary"].items():
+        lines.append(f"| {name} | {' / '.join(f'{e:.1%}' for e in r['finals'])} | {r['final_mean']:.1%} | "
+                     f"{r['final_stdev']:.1%} |")
+    v = d["verdict"]
+    lines.append(f"\nSeeds {', '.join(map(str, d['seeds']))}; {d['epochs']} epochs of the `tiny` recipe on "
+                 f"{d['per_class']} Imagenette photos per class (all 1,966 validation photos), prepared at 76 px. "
+                 f"Prepared minus raw: {v['difference']:+.1%}, standard error of that difference "
+                 f"{v['standard_error']:.1%}: {'within' if v['within_2_standard_errors'] else 'outside'} two "
+                 f"standard errors. {_machine(d['machine'])}. `bench/results/prepared_vs_raw.json`, from "
+                 "`python bench/bench_prepared_vs_raw.py`.")
     return "\n".join(lines)
 
 
@@ -165,7 +193,8 @@ def runs_table(runs_dir=ROOT / "results"):
 
 
 SECTIONS = {"runs": runs_table, "train-speed": train_speed_table, "pipeline-speed": pipeline_table,
-            "eval-speed": eval_table, "prepared-speed": prepared_table, "prepare-encoding": encoding_table}
+            "eval-speed": eval_table, "prepared-speed": prepared_table, "prepare-encoding": encoding_table,
+            "prepared-vs-raw": prepared_vs_raw_table}
 
 
 def update_readme(path=ROOT / "README.md"):

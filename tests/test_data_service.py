@@ -55,15 +55,16 @@ def one_pass(ds):
 
 
 def test_every_image_once_per_pass_and_a_killed_worker_neither_hangs_nor_loses_the_run(tmp_path):
-    """Two workers: each pass delivers every image once. Then one is killed (SIGKILL) during epoch 2 of train.py, which finishes, or
-    exits with status 5 after --data-service-timeout with its saved epochs whole, and then the
-    same command resumes and finishes on the surviving worker. Then that worker is killed as a
-    pass starts: the pass delivers part of the images, each at most once, and then waits (a
-    distributed epoch never delivers an image twice; the dead worker's unsent images are lost
-    to that pass)."""
+    """Two workers: each pass delivers every image once. Then one is killed (SIGKILL) during
+    epoch 2 of train.py, which finishes, or exits with status 5 after --data-service-timeout
+    with its saved epochs whole and then resumes, as after a crash, through a new dispatcher
+    and a replacement worker. Then the last worker is killed as a pass starts: the pass
+    delivers part of the images, each at most once, and then waits (a distributed epoch never
+    delivers an image twice; the dead worker's unsent images are lost to that pass)."""
     folder = draw_folder(tmp_path / "data", IMAGES)
     source = datasets.load_source(folder, "train")
-    dispatcher, (doomed, survivor) = start_service()
+    dispatcher, workers = start_service()
+    doomed, survivor = workers
     try:
         ds = data.training_dataset(source, 4, crop_size=67, resize_size=76, seed=0, pca_stddev=0.0,
                                    data_service=dispatcher.target)
@@ -92,8 +93,12 @@ def test_every_image_once_per_pass_and_a_killed_worker_neither_hangs_nor_loses_t
             assert "no training batch from the tf.data service" in err and str(run) in err, err[-3000:]
             # whole epochs; the one that stalled is not saved
             assert list(run_files.read_metrics(run)["epoch"]) in ([1], [1, 2])
-            # The same command, one worker left. A process of its own: the watchdog ends its
-            # process (os._exit), which must not be pytest's.
+            # Resumed as after a crash: a new dispatcher with a replacement worker (the old
+            # dispatcher may still hold the stalled job on the survivor), the same other flags. A
+            # process of its own: the watchdog ends its process (os._exit), not pytest's.
+            dispatcher, (survivor,) = start_service(1)
+            workers.append(survivor)
+            flags[flags.index("--data-service") + 1] = dispatcher.target
             resumed = subprocess.run([sys.executable, "train.py", *flags], cwd=REPO, capture_output=True,
                                      text=True, env=env, timeout=120)
             assert resumed.returncode == 0, resumed.stderr[-3000:]
@@ -113,7 +118,9 @@ def test_every_image_once_per_pass_and_a_killed_worker_neither_hangs_nor_loses_t
                 labels.extend(batch.numpy().tolist())
 
         threading.Thread(target=consume, daemon=True).start()
+        deadline = time.monotonic() + 60
         while len(labels) < 8:
+            assert time.monotonic() < deadline, "the pass did not start"
             time.sleep(0.01)
         survivor.send_signal(signal.SIGKILL)
         seen = -1
@@ -122,7 +129,7 @@ def test_every_image_once_per_pass_and_a_killed_worker_neither_hangs_nor_loses_t
             time.sleep(2.0)
         assert 8 <= len(labels) < IMAGES and len(set(labels)) == len(labels), len(labels)
     finally:
-        for w in (doomed, survivor):
+        for w in workers:
             w.kill()
             w.wait()
 

@@ -4,7 +4,10 @@ from keras_alexnet import console as _console
 
 # Every entry point (train.py, evaluate.py, `python -m keras_alexnet.X`, the notebooks)
 # imports TensorFlow through this file: hide its start-up noise here, before that import.
-_console.quiet_tensorflow()
+# On JAX or PyTorch the layers and model do not need TensorFlow (the tf.data pipeline does
+# and then imports it with its start-up lines shown).
+if _console.keras_backend_name() == "tensorflow":
+    _console.quiet_tensorflow()
 
 from keras_alexnet.layers import (
     ChannelSlice,

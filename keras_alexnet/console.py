@@ -77,6 +77,22 @@ def verbose_requested(environ=None):
     return environ.get(VERBOSE_ENV, "") not in ("", "0")
 
 
+def keras_backend_name():
+    """The backend Keras will choose, read as Keras reads it (``KERAS_BACKEND``, then
+    ``$KERAS_HOME/keras.json`` or ``~/.keras/keras.json``, else TensorFlow) without
+    importing Keras, which on TensorFlow imports TensorFlow."""
+    if os.environ.get("KERAS_BACKEND"):
+        return os.environ["KERAS_BACKEND"]
+    home = os.environ.get("KERAS_HOME") or os.path.join(os.path.expanduser("~"), ".keras")
+    try:
+        import json
+
+        with open(os.path.join(home, "keras.json")) as f:
+            return json.load(f).get("backend", "tensorflow")
+    except (OSError, ValueError):
+        return "tensorflow"
+
+
 def quiet_tensorflow(verbose=None):
     """Imports TensorFlow with its start-up noise hidden and returns the module.
 

@@ -37,9 +37,21 @@ starts with that file.
    constants (``tensorflow.python.framework.convert_to_constants``, the TF2 form of graph
    freezing, stable since TF 2.2), so the TFLite export (`keras_alexnet.export`) gets
    FULLY_CONNECTED with constant filters instead of resource-variable ops.
+8. `DataLayer` (Keras' private ``keras.src.layers.preprocessing.data_layer.DataLayer``,
+   named ``TFDataLayer`` before Keras 3.12): the base of Keras' own preprocessing layers,
+   which runs a layer on TensorFlow inside a `tf.data` pipeline whatever the backend, and
+   on the backend otherwise (``self.backend``, ``self._get_seed_generator``).
+
+Items 1-4, 6 and 7 are TensorFlow's and import it when used; this module imports only Keras,
+so that the package's layers and model load on a backend without TensorFlow.
 """
 
-import tensorflow as tf
+import keras
+
+try:
+    from keras.src.layers.preprocessing.data_layer import DataLayer
+except ImportError:  # Keras before 3.12
+    from keras.src.layers.preprocessing.tf_data_layer import TFDataLayer as DataLayer
 
 TESTED_KERAS = "3.15"  # the minor version these items were written and tested against
 
@@ -50,6 +62,8 @@ class TowerTrainStep:
     (``run_eagerly=True``) there is no graph, and it falls back to Keras' step."""
 
     def _maybe_symbolic_build(self, iterator=None, data_batch=None):
+        import tensorflow as tf
+
         if self._distribute_strategy is None or iterator is None:
             return super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
         for _, _, it in iterator:
@@ -64,7 +78,7 @@ class TowerTrainStep:
             self._symbolic_build(data_batch=data_batch)
 
     def train_step(self, data):
-        import keras
+        import tensorflow as tf
         from keras.src.losses.loss import unscale_loss_for_distribution
 
         if tf.executing_eagerly():
@@ -89,6 +103,8 @@ def colocate_optimizer_slots(optimizer):
         colocate_optimizer_slots(inner)
     if getattr(optimizer, "_keras_alexnet_colocated", False):
         return
+    import tensorflow as tf
+
     original = optimizer.add_variable_from_reference
 
     def add_variable_from_reference(reference_variable, name=None, initializer="zeros"):
@@ -101,6 +117,7 @@ def colocate_optimizer_slots(optimizer):
 
 def patch_multi_worker_reduce():
     """Makes ``model.fit`` work under `MultiWorkerMirroredStrategy` (item 4)."""
+    import tensorflow as tf
     from keras.src.backend.tensorflow import trainer as tf_trainer
 
     if getattr(tf_trainer, "_keras_alexnet_patched", False):

@@ -1,16 +1,22 @@
 """The paper's custom layers: local response normalisation (§3.3) and PCA colour
 augmentation (§4.1), plus the small wrappers the two-tower model is built from.
 
-All layers here run on the TensorFlow backend (they call `tf.*` ops directly) and are
-registered with Keras under the package name ``keras_alexnet`` so that `.keras` files
-that contain them load with `keras.models.load_model` once this package is imported.
+Every layer runs on each Keras 3 backend (TensorFlow, JAX, PyTorch). On TensorFlow they
+keep their TensorFlow fast paths (`tf.*` ops: oneDNN's grouped convolution, the LRN with
+its hand-written gradient); on the others they are written with `keras.ops`, and the LRN's
+gradient is autodiff's. TensorFlow is imported only on the TensorFlow backend (or inside a
+`tf.data` pipeline). The layers are registered with Keras under the package name
+``keras_alexnet`` so that `.keras` files that contain them load with
+`keras.models.load_model` once this package is imported, on any backend.
 """
+
+import contextlib
 
 import keras
 import numpy as np
-import tensorflow as tf
+from keras import ops
 
-from keras_alexnet.keras_compat import call_has_training_arg, onednn_enabled
+from keras_alexnet.keras_compat import DataLayer, call_has_training_arg, onednn_enabled
 from keras_alexnet.variants import PAPER_LRN
 
 # The paper's eight layers with weights (§3.5): every layer name of `keras_alexnet.AlexNet`
@@ -45,25 +51,47 @@ def _band_matrix(channels, depth_radius, groups=1):
     return band.astype(np.float32)
 
 
-def _neg_pow(d, beta):
+def on_tensorflow():
+    """Whether Keras runs on TensorFlow (the layers' TensorFlow fast paths, `tf.device`)."""
+    return keras.backend.backend() == "tensorflow"
+
+
+def _neg_pow(d, beta, rsqrt=ops.rsqrt, sqrt=ops.sqrt):
     """``d ** -beta`` without exp/log for the usual exponents (docs/paper.md §3.3: 0.75)."""
     if beta == 0.75:
-        r = tf.math.rsqrt(d)
-        return r * tf.sqrt(r)
+        r = rsqrt(d)
+        return r * sqrt(r)
     if beta == 0.5:
-        return tf.math.rsqrt(d)
+        return rsqrt(d)
     if beta == 1.0:
-        return tf.math.reciprocal(d)
-    return tf.pow(d, -beta)
+        return 1.0 / d
+    return d ** -beta
 
 
 def _band_product(t, band, bias=None):
-    """``t`` (..., C) times ``band`` (C, C) (+ ``bias`` (C,)), as one 2-D matmul."""
+    """``t`` (..., C) times ``band`` (C, C) (+ ``bias`` (C,)), as one 2-D matmul (TensorFlow)."""
+    import tensorflow as tf
+
     shape = tf.shape(t)
     y = tf.linalg.matmul(tf.reshape(t, [-1, band.shape[0]]), band)
     if bias is not None:
         y = tf.nn.bias_add(y, bias)
     return tf.reshape(y, shape)
+
+
+def local_response_normalization_ops(x, depth_radius, bias, alpha, beta, groups=1):
+    """`local_response_normalization` written with `keras.ops` (every backend): the same
+    banded matmul, ``d = k + (x * x) @ (alpha * B)``, ``y = x * d ** -beta``, computed in
+    float32; its gradient is the backend's autodiff."""
+    dtype = keras.backend.standardize_dtype(x.dtype)
+    channels = x.shape[-1]
+    if channels is None or channels % groups:
+        raise ValueError(f"LRN needs a known channel count divisible by groups={groups}, got {channels}")
+    band = ops.convert_to_tensor(_band_matrix(channels, depth_radius, groups) * float(alpha))
+    x32 = ops.cast(x, "float32")
+    d = ops.matmul(ops.square(x32), band) + float(bias)
+    y = x32 * _neg_pow(d, float(beta))
+    return ops.cast(y, dtype)
 
 
 def local_response_normalization(x, depth_radius, bias, alpha, beta, groups=1):
@@ -88,6 +116,8 @@ def local_response_normalization(x, depth_radius, bias, alpha, beta, groups=1):
     dtype of ``x``. Equal to `tf.nn.local_response_normalization` (per group) to float32
     round-off, values and gradients (tests/test_layers.py).
     """
+    import tensorflow as tf
+
     dtype = x.dtype
     channels = x.shape[-1]
     if channels is None or channels % groups:
@@ -101,7 +131,7 @@ def local_response_normalization(x, depth_radius, bias, alpha, beta, groups=1):
     @tf.custom_gradient
     def _lrn(x32):
         d = _band_product(tf.square(x32), band_fwd, k)
-        r = _neg_pow(d, beta)
+        r = _neg_pow(d, beta, tf.math.rsqrt, tf.sqrt)
 
         def grad(g):
             gr = tf.cast(g, tf.float32) * r
@@ -165,8 +195,8 @@ class LocalResponseNormalization(keras.layers.Layer):
 
     Example:
     >>> x = np.ones((1, 4, 4, 8), "float32")
-    >>> LocalResponseNormalization()(x).shape
-    TensorShape([1, 4, 4, 8])
+    >>> tuple(LocalResponseNormalization()(x).shape)
+    (1, 4, 4, 8)
 
     Reference:
         Krizhevsky, Sutskever & Hinton, "ImageNet Classification with Deep
@@ -187,6 +217,14 @@ class LocalResponseNormalization(keras.layers.Layer):
         self.beta = float(beta)
 
     def call(self, inputs):
+        if not on_tensorflow():
+            if self.implementation != "matmul":
+                raise ValueError(f"{self.name}: implementation={self.implementation!r} is TensorFlow's own "
+                                 f"LRN; on the {keras.backend.backend()} backend use 'matmul' (the same function).")
+            return local_response_normalization_ops(
+                inputs, self.depth_radius, self.bias, self.alpha, self.beta, self.groups)
+        import tensorflow as tf
+
         x = tf.convert_to_tensor(inputs)
         if self.implementation == "matmul":
             return local_response_normalization(
@@ -228,7 +266,7 @@ class LocalResponseNormalization(keras.layers.Layer):
 
 
 @keras.saving.register_keras_serializable(package="keras_alexnet")
-class PCAColorAugmentation(keras.layers.Layer):
+class PCAColorAugmentation(DataLayer):
     """The paper's "fancy PCA" lighting noise (§4.1).
 
     For each image, draw ``alpha ~ N(0, stddev)`` (a 3-vector) once, and add
@@ -248,6 +286,11 @@ class PCAColorAugmentation(keras.layers.Layer):
 
     Only active with ``training=True``; at inference the layer is the identity (the
     input is returned unchanged). ``stddev=0`` is the identity too.
+
+    Inside a `tf.data` pipeline it runs on TensorFlow whatever Keras' backend (as Keras'
+    own preprocessing layers do, through its `DataLayer`); called on a backend's tensors
+    it runs on that backend. The draws of ``alpha`` differ between backends (each has its
+    own random generator); `offsets_for` gives the offsets of given draws.
 
     Args:
         eigenvalues: 3 eigenvalues, on the scale of the input pixels. Default: ImageNet
@@ -290,29 +333,33 @@ class PCAColorAugmentation(keras.layers.Layer):
         self.eigenvectors = eigenvectors.tolist()
         self.stddev = float(stddev)
         self.seed = seed
-        self._eigenvalues = tf.constant(eigenvalues)
-        self._eigenvectors = tf.constant(eigenvectors)
         # A stateless op stream: one `tf.random.Generator` would be a variable, which a
         # `tf.data.Dataset.map` function cannot create; SeedGenerator works in both.
-        self.seed_generator = keras.random.SeedGenerator(seed)
+        # (`seed` and `generator` are the names DataLayer's `_get_seed_generator` reads.)
+        self.generator = keras.random.SeedGenerator(seed)
 
     def offsets(self, batch_size):
         """Draws the per-image RGB offsets, shape ``(batch_size, 3)``."""
-        alpha = keras.random.normal(
-            (batch_size, 3), stddev=self.stddev, seed=self.seed_generator
-        )
-        # offset_b = P @ (alpha_b * lambda): rows of (alpha * lambda) times P^T.
-        return tf.matmul(alpha * self._eigenvalues, self._eigenvectors, transpose_b=True)
+        alpha = self.backend.random.normal((batch_size, 3), stddev=self.stddev,
+                                           seed=self._get_seed_generator(self.backend._backend))
+        return self.offsets_for(alpha)
+
+    def offsets_for(self, alpha):
+        """The RGB offsets of draws ``alpha`` ``(batch, 3)``: row ``b`` is
+        ``eigenvectors @ (alpha_b * eigenvalues)``."""
+        b = self.backend
+        eigenvalues = b.convert_to_tensor(np.asarray(self.eigenvalues, np.float32))
+        eigenvectors_t = b.convert_to_tensor(np.asarray(self.eigenvectors, np.float32).T)
+        return b.numpy.matmul(b.cast(alpha, "float32") * eigenvalues, eigenvectors_t)
 
     def call(self, inputs, training=False):
         if not training or self.stddev == 0.0:
             return inputs
-        x = tf.convert_to_tensor(inputs)
-        single = x.shape.rank == 3
-        if single:
-            x = x[tf.newaxis]
-        offset = self.offsets(tf.shape(x)[0])
-        y = x + tf.cast(offset[:, tf.newaxis, tf.newaxis, :], x.dtype)
+        b = self.backend
+        single = len(inputs.shape) == 3
+        x = b.numpy.expand_dims(inputs, 0) if single else inputs
+        offset = self.offsets(b.shape(x)[0])
+        y = x + b.cast(b.numpy.reshape(offset, (-1, 1, 1, 3)), x.dtype)
         return y[0] if single else y
 
     def compute_output_shape(self, input_shape):
@@ -358,22 +405,26 @@ class OnDevice(keras.layers.Wrapper):
         super().__init__(layer, **kwargs)
         self.device = device
 
+    def _placed(self):
+        """`tf.device(self.device)`, or no placement (no device, or not on TensorFlow: a
+        `.keras` file with tower devices loads on every backend, placed by that backend)."""
+        if self.device is None or not on_tensorflow():
+            return contextlib.nullcontext()
+        import tensorflow as tf
+
+        return tf.device(self.device)
+
     def build(self, input_shape=None):
         # Create the weights on the tower's device too (each of the paper's GPUs held its
         # own tower's weights); the optimizer colocates its slots with them.
         if not self.layer.built:
-            if self.device is None:
+            with self._placed():
                 self.layer.build(input_shape)
-            else:
-                with tf.device(self.device):
-                    self.layer.build(input_shape)
         self.built = True
 
     def call(self, inputs, training=None):
         kwargs = {"training": training} if call_has_training_arg(self.layer) else {}
-        if self.device is None:
-            return self.layer(inputs, **kwargs)
-        with tf.device(self.device):
+        with self._placed():
             return self.layer(inputs, **kwargs)
 
     def compute_output_shape(self, input_shape):
@@ -387,7 +438,8 @@ class OnDevice(keras.layers.Wrapper):
 
 @keras.saving.register_keras_serializable(package="keras_alexnet")
 class GroupedConv2D(keras.layers.Layer):
-    """A grouped 2-D convolution computed by one `tf.nn.conv2d` call.
+    """A grouped 2-D convolution computed by one `tf.nn.conv2d` call (on TensorFlow;
+    `keras.ops.conv` with the same kernel on the other backends).
 
     The kernel has shape ``(kh, kw, in_channels // groups, filters)``; output channels
     ``[g * filters // groups, (g + 1) * filters // groups)`` see only input channels
@@ -450,6 +502,12 @@ class GroupedConv2D(keras.layers.Layer):
         )
 
     def call(self, inputs):
+        if not on_tensorflow():
+            # Other backends group by the kernel's shape (in_channels // kernel.shape[-2]).
+            y = ops.conv(inputs, ops.cast(self.kernel, inputs.dtype), strides=self.strides, padding=self.padding)
+            return self.activation(y + ops.cast(self.bias, y.dtype))
+        import tensorflow as tf
+
         kernel = tf.cast(self.kernel, inputs.dtype)
         conv = lambda x, k: tf.nn.conv2d(  # noqa: E731
             x, k, strides=self.strides, padding=self.padding.upper()

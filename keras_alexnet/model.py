@@ -24,10 +24,10 @@ import sys
 
 import numpy as np
 import keras
-import tensorflow as tf
 
 from keras_alexnet.keras_compat import TowerTrainStep, colocate_optimizer_slots
-from keras_alexnet.layers import PAPER_LAYERS, ChannelSlice, GroupedConv2D, LocalResponseNormalization, OnDevice
+from keras_alexnet.layers import (PAPER_LAYERS, ChannelSlice, GroupedConv2D, LocalResponseNormalization, OnDevice,
+                                  on_tensorflow)
 from keras_alexnet.variants import POOL5_HWC, VARIANTS, variant_defaults
 from keras_alexnet.weight_readers import ConversionError
 
@@ -62,14 +62,23 @@ def default_devices():
     the caller runs the model (the one device there is, or each replica's device under a
     `tf.distribute` strategy).
     """
+    if not on_tensorflow():
+        return (None, None)
+    import tensorflow as tf
+
     gpus = tf.config.list_logical_devices("GPU")
     if len(gpus) >= 2:
         return (gpus[0].name, gpus[1].name)
     return (None, None)
 
 
+# The tower-keeping train step is TensorFlow's (tf.gradients); JAX's and PyTorch's trainers
+# have train steps of their own signatures, and place nothing by device name.
+_TRAIN_STEP = (TowerTrainStep,) if on_tensorflow() else ()
+
+
 @keras.saving.register_keras_serializable(package="keras_alexnet")
-class AlexNetModel(TowerTrainStep, keras.Model):
+class AlexNetModel(*_TRAIN_STEP, keras.Model):
     """A functional `keras.Model` whose training step keeps gradients on their towers.
 
     Keras' own train step takes gradients with `tf.GradientTape`, whose gradient ops
@@ -96,7 +105,8 @@ class AlexNetModel(TowerTrainStep, keras.Model):
 
     def compile(self, optimizer="rmsprop", **kwargs):
         super().compile(optimizer=optimizer, **kwargs)
-        colocate_optimizer_slots(self.optimizer)
+        if on_tensorflow():
+            colocate_optimizer_slots(self.optimizer)
 
     def compile_from_config(self, config):
         # Keras skips compiling a loaded model whose class overrides `compile` unless it
@@ -323,9 +333,11 @@ def AlexNet(
     """
     # Imported here, not at the top: `python -m keras_alexnet.pretrained` must not find
     # itself already imported by the package (runpy warns).
-    from keras_alexnet import pretrained
+    entry = None
+    if weights is not None:
+        from keras_alexnet import pretrained
 
-    entry = pretrained.named(weights, file_hash)
+        entry = pretrained.named(weights, file_hash)
     if entry is not None:
         weights = pretrained_dir(entry)
     variant = _resolve_variant(weights, variant)
@@ -346,6 +358,9 @@ def AlexNet(
         raise ValueError(f"conv_filters must give 5 kernel counts, got {filters}.")
     if variant == "torchvision" and grouping != "none":
         raise ValueError("torchvision's AlexNet has no groups: grouping must be 'none'.")
+    if devices is not None and any(devices) and not on_tensorflow():
+        raise ValueError(f"devices={devices}: the towers are placed with tf.device, on the TensorFlow backend "
+                         f"only (Keras runs on {keras.backend.backend()}). Leave devices out here.")
     devices = tuple(default_devices() if devices is None else devices)
     if len(devices) != 2:
         raise ValueError(f"devices must name two devices (towers a and b), got {devices}.")

@@ -52,7 +52,7 @@ def tiny_run(tmp_path_factory, tiny_data):
 # whole files to its processes in collection order, so starting these first lets the
 # processes finish together instead of one waiting on a long file started last.
 LONGEST_FIRST = ("test_notebooks.py", "test_kills.py", "test_convert.py", "test_console.py",
-                 "test_robust_runs.py", "test_finetune.py", "test_export.py", "test_evaluate.py", "test_training.py",
+                 "test_robust_runs.py", "test_backends.py", "test_finetune.py", "test_export.py", "test_evaluate.py", "test_training.py",
                  "test_model.py", "test_distributed.py", "test_visualize.py", "test_pretrained.py", "test_data_service.py", "test_prepare.py",
                  "test_data.py")
 

@@ -1,0 +1,82 @@
+"""The layers, the model and its saved files on JAX and PyTorch: one process per backend
+(Keras fixes its backend at import) runs every check of that backend
+(`tests/backend_checks.py`) against references written here, on TensorFlow."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+from PIL import Image
+
+from keras_alexnet import layers
+from keras_alexnet.model import AlexNet
+
+REPO = Path(__file__).resolve().parents[1]
+IMAGENETTE_VAL = REPO.parent / "shared" / "data" / "imagenette" / "val"
+CHECKS = ("no_tensorflow", "lrn", "grouped_conv", "channel_slice", "pca", "run_layer_test", "model_paper_towers",
+          "model_bvlc_alexnet_towers", "model_paper_grouped", "old_run", "old_converted", "devices_refused",
+          "training", "all")
+
+
+def photos(per_class=4, classes=4, size=67):
+    """Real photos (Imagenette's validation set), resized to ``size``, with class labels."""
+    images, labels = [], []
+    for label, folder in enumerate(sorted(IMAGENETTE_VAL.iterdir())[:classes]):
+        for path in sorted(folder.iterdir())[:per_class]:
+            with Image.open(path) as image:
+                images.append(np.asarray(image.convert("RGB").resize((size, size), Image.BILINEAR), np.float32))
+            labels.append(label)
+    return np.stack(images), np.array(labels, np.int32)
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """REFERENCE.npz and the models' .keras files, written on TensorFlow."""
+    folder = tmp_path_factory.mktemp("backends")
+    rng = np.random.default_rng(0)
+    ref = {}
+    ref["photos"], ref["labels"] = photos()
+    model_args = dict(input_shape=(67, 67, 3), fc_units=32, classes=10, seed=0, input_scale=1 / 64,
+                      weight_stddev={"default": "he", "fc8": 0.05}, positive_bias=0.0, classifier_activation=None)
+    for name, extra in (("paper_towers", {}), ("bvlc_alexnet_towers", {"variant": "bvlc_alexnet"}),
+                        ("paper_grouped", {"grouping": "grouped"})):
+        model = AlexNet(**model_args, **extra)
+        ref[f"{name}_outputs"] = model.predict(ref["photos"] - 120.0, verbose=0)
+        model.save(folder / f"{name}.keras")
+    ref["photos"] = ref["photos"] - 120.0
+
+    ref["lrn_input"] = rng.normal(0, 30, (2, 4, 4, 8)).astype(np.float32)
+    ref["lrn_weights"] = rng.normal(0, 1, (2, 4, 4, 8)).astype(np.float32)
+    x = tf.constant(ref["lrn_input"])
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        y = tf.reduce_sum(layers.LocalResponseNormalization()(x) * ref["lrn_weights"])
+    ref["lrn_gradient_tf"] = tape.gradient(y, x).numpy()
+
+    conv = layers.GroupedConv2D(8, 3, strides=2, padding="same", groups=2)
+    ref["conv_input"] = rng.normal(0, 1, (2, 7, 7, 4)).astype(np.float32)
+    conv.build(ref["conv_input"].shape)
+    ref["conv_kernel"] = rng.normal(0, 0.3, conv.kernel.shape).astype(np.float32)
+    ref["conv_bias"] = rng.normal(0, 0.1, (8,)).astype(np.float32)
+    conv.set_weights([ref["conv_kernel"], ref["conv_bias"]])
+    ref["conv_output_tf"] = keras.ops.convert_to_numpy(conv(ref["conv_input"]))
+    ref["eigenvalues"], ref["eigenvectors"] = layers.IMAGENET_EIGENVALUES, layers.IMAGENET_EIGENVECTORS
+    np.savez(folder / "reference.npz", **ref)
+    return folder
+
+
+@pytest.mark.parametrize("backend", ["jax", "torch"])
+def test_every_check_of_a_backend(backend, reference):
+    env = dict(os.environ, KERAS_BACKEND=backend, TF_CPP_MIN_LOG_LEVEL="3")
+    proc = subprocess.run([sys.executable, str(REPO / "tests" / "backend_checks.py"),
+                           str(reference / "reference.npz"), str(reference)],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    print(proc.stdout)
+    passed = [line.split()[1] for line in proc.stdout.splitlines() if line.startswith("ok ")]
+    assert proc.returncode == 0 and passed == list(CHECKS), proc.stdout[-2000:] + proc.stderr[-4000:]
+    assert proc.stdout.rstrip().endswith(f"ok all {backend}")

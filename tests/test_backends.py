@@ -19,8 +19,11 @@ from keras_alexnet.model import AlexNet
 REPO = Path(__file__).resolve().parents[1]
 IMAGENETTE_VAL = REPO.parent / "shared" / "data" / "imagenette" / "val"
 CHECKS = ("no_tensorflow", "lrn", "grouped_conv", "channel_slice", "pca", "run_layer_test", "model_paper_towers",
-          "model_bvlc_alexnet_towers", "model_paper_grouped", "old_run", "old_converted", "devices_refused",
-          "training", "all")
+          "model_old_run", "model_old_converted", "old_inputs", "devices_refused", "training", "all")
+# Written before the backends existed (tests/fixtures/make_old_dirs.py), on TensorFlow: a
+# trained run of the paper's network in two towers, and a converted bvlc_alexnet (its LRN
+# across both towers, then ChannelSlice) with random weights.
+OLD = {"old_run": "old_run/best.keras", "old_converted": "old_converted/model.keras"}
 
 
 def photos(per_class=4, classes=4, size=67):
@@ -41,14 +44,14 @@ def reference(tmp_path_factory):
     rng = np.random.default_rng(0)
     ref = {}
     ref["photos"], ref["labels"] = photos()
-    model_args = dict(input_shape=(67, 67, 3), fc_units=32, classes=10, seed=0, input_scale=1 / 64,
-                      weight_stddev={"default": "he", "fc8": 0.05}, positive_bias=0.0, classifier_activation=None)
-    for name, extra in (("paper_towers", {}), ("bvlc_alexnet_towers", {"variant": "bvlc_alexnet"}),
-                        ("paper_grouped", {"grouping": "grouped"})):
-        model = AlexNet(**model_args, **extra)
-        ref[f"{name}_outputs"] = model.predict(ref["photos"] - 120.0, verbose=0)
-        model.save(folder / f"{name}.keras")
-    ref["photos"] = ref["photos"] - 120.0
+    ref["photos"] -= 120.0
+    model = AlexNet(input_shape=(67, 67, 3), fc_units=32, classes=10, seed=0, input_scale=1 / 64,
+                    weight_stddev={"default": "he", "fc8": 0.05}, positive_bias=0.0, classifier_activation=None)
+    ref["paper_towers_outputs"] = model.predict(ref["photos"], verbose=0)
+    model.save(folder / "paper_towers.keras")
+    for name, path in OLD.items():
+        old = keras.models.load_model(REPO / "tests" / "fixtures" / path)
+        ref[f"{name}_outputs"] = old.predict(ref["photos"], verbose=0)
 
     ref["lrn_input"] = rng.normal(0, 30, (2, 4, 4, 8)).astype(np.float32)
     ref["lrn_weights"] = rng.normal(0, 1, (2, 4, 4, 8)).astype(np.float32)
@@ -72,7 +75,8 @@ def reference(tmp_path_factory):
 
 @pytest.mark.parametrize("backend", ["jax", "torch"])
 def test_every_check_of_a_backend(backend, reference):
-    env = dict(os.environ, KERAS_BACKEND=backend, TF_CPP_MIN_LOG_LEVEL="3")
+    env = dict(os.environ, KERAS_BACKEND=backend, TF_CPP_MIN_LOG_LEVEL="3",
+               OLD_MODELS=",".join(f"{name}={path}" for name, path in OLD.items()))
     proc = subprocess.run([sys.executable, str(REPO / "tests" / "backend_checks.py"),
                            str(reference / "reference.npz"), str(reference)],
                           cwd=REPO, env=env, capture_output=True, text=True, timeout=300)

@@ -72,7 +72,7 @@ def test_every_image_once_per_pass_and_a_killed_worker_neither_hangs_nor_loses_t
             assert sorted(one_pass(ds)) == list(range(IMAGES))
 
         run = tmp_path / "run"
-        flags = ["--data-dir", str(folder), "--data-service", dispatcher.target, "--preset", "tiny", "--epochs", "3",
+        flags = ["--data-dir", str(folder), "--data-service", dispatcher.target, "--preset", "tiny", "--epochs", "2",
                  "--batch-size", "8", "--precision", "float32", "--fc-units", "16", "--output-dir", str(run),
                  "--quiet", "--data-service-timeout", "8"]
         env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
@@ -80,7 +80,7 @@ def test_every_image_once_per_pass_and_a_killed_worker_neither_hangs_nor_loses_t
                                 stderr=subprocess.PIPE, text=True, env=env)
         while not (run / run_files.POINTER_FILE).exists() and proc.poll() is None:
             time.sleep(0.05)
-        time.sleep(1.0)  # into epoch 2's pass (about 3 s), while the doomed worker holds images of it
+        time.sleep(1.0)  # into epoch 2's pass (about 2.5 s, the last), while the doomed worker holds images of it
         doomed.send_signal(signal.SIGKILL)
         killed = time.monotonic()
         out, err = proc.communicate(timeout=120)
@@ -92,7 +92,7 @@ def test_every_image_once_per_pass_and_a_killed_worker_neither_hangs_nor_loses_t
         if proc.returncode == 5:
             assert "no training batch from the tf.data service" in err and str(run) in err, err[-3000:]
             # whole epochs; the one that stalled is not saved
-            assert list(run_files.read_metrics(run)["epoch"]) in ([1], [1, 2])
+            assert list(run_files.read_metrics(run)["epoch"]) == [1]
             # Resumed as after a crash: a new dispatcher with a replacement worker (the old
             # dispatcher may still hold the stalled job on the survivor), the same other flags. A
             # process of its own: the watchdog ends its process (os._exit), not pytest's.
@@ -106,7 +106,7 @@ def test_every_image_once_per_pass_and_a_killed_worker_neither_hangs_nor_loses_t
             assert "Resuming" in out
         assert "Traceback" not in err
         metrics = run_files.read_metrics(run)
-        assert list(metrics["epoch"]) == [1, 2, 3] and np.isfinite(metrics["loss"]).all()
+        assert list(metrics["epoch"]) == [1, 2] and np.isfinite(metrics["loss"]).all()
 
         # A pass whose worker dies as it starts (the survivor, now the only one, at its 8th image).
         ds = data.training_dataset(source, 2, crop_size=67, resize_size=76, seed=0, pca_stddev=0.0,

@@ -96,27 +96,15 @@ def first_epoch_error(run_dir):
 
 def test_fine_tuning_beats_training_from_scratch_and_records_its_source(data, source, tmp_path, monkeypatch):
     ft, scratch = tmp_path / "ft", tmp_path / "scratch"
-    # Two epochs, the second's checkpoint failing to save (a full disk): the run stops with
-    # epoch 1 saved, and the same command resumes it from there, not from the source with a
-    # new fc8 (which would be at chance after the resumed epoch).
-    ft_flags = ["--data-dir", data / "b", "--weights", source, "--output-dir", ft, *RUN_FLAGS, "--epochs", "2"]
-    with monkeypatch.context() as patch:
-        fault_worker.inject("enospc-save:epoch-0002.keras", patch.setattr)
-        code, _, err = train_cli.main(ft_flags)
-    assert code == 4 and "No space left on device" in err, err[-3000:]
-    assert len(run_files.read_metrics(ft / run_files.METRICS_FILE)["val_top1_error"]) == 1
-    code, _, err = train_cli.main(ft_flags)
+    code, _, err = train_cli.main(["--data-dir", data / "b", "--weights", source, "--output-dir", ft, *RUN_FLAGS])
     assert code == 0, err[-3000:]
-    errors = [float(e) for e in run_files.read_metrics(ft / run_files.METRICS_FILE)["val_top1_error"]]
-    assert len(errors) == 2 and errors[1] <= errors[0] + 0.15, errors
     code, _, err = train_cli.main(["--data-dir", data / "b", "--output-dir", scratch, "--preset", "tiny",
                                    "--crop-size", "67", "--resize-size", "76", "--fc-units", "64",
                                    "--grouping", "none", "--no-lrn", *RUN_FLAGS])
     assert code == 0, err[-3000:]
     ft_error, scratch_error = first_epoch_error(ft), first_epoch_error(scratch)
     print(f"first-epoch validation top-1 error: fine-tuned {ft_error:.1%}, from scratch {scratch_error:.1%}")
-    # Measured: 51.0% against 73.0% (46.5% with 12 source passes). Half (what the issue asked) is not reached at toy size:
-    # these synthetic shape groups share little (README, "Fine-tune on your own folders").
+    # Measured over seeds 0-3 (RUN_FLAGS): ratios 0.36, 0.29, 0.30, 0.27.
     assert ft_error <= 0.5 * scratch_error, (ft_error, scratch_error)
 
     config = json.loads((ft / "config.json").read_text())
@@ -124,7 +112,7 @@ def test_fine_tuning_beats_training_from_scratch_and_records_its_source(data, so
     assert config["weights"] == {"spec": str(source), "path": str(source),
                                  "sha256": pretrained.file_hash_of(src.model_path)}
     assert config["data"]["preset"] == "finetune" and config["recipe"]["learning_rate"] == 0.0001
-    assert config["recipe"]["epochs"] == 2 and config["recipe"]["plateau_patience"] == 3  # the preset's
+    assert config["recipe"]["epochs"] == 1 and config["recipe"]["plateau_patience"] == 3  # the preset's
     assert config["settings"]["grouping"] == "none" and config["recipe"]["lrn"] is False  # the source's
     assert config["recipe"]["fc_units"] == 64 and config["num_classes"] == 4
 
@@ -147,10 +135,21 @@ def test_fine_tuning_beats_training_from_scratch_and_records_its_source(data, so
 
     # A run of train.py as the source (the from-scratch run, trained on b): fine-tuned on a,
     # it subtracts the source's mean image, not its own data's (whose statistics are only
-    # for the PCA noise).
-    code, _, err = train_cli.main(["--data-dir", data / "a", "--weights", scratch, "--output-dir",
-                                   tmp_path / "from_run", "--max-steps-per-epoch", "2", *RUN_FLAGS])
+    # for the PCA noise). Two short epochs, the second's checkpoint failing to save (a full
+    # disk): the run stops with epoch 1 saved, and the same command resumes it from there.
+    from_run = ["--data-dir", data / "a", "--weights", scratch, "--output-dir", tmp_path / "from_run",
+                "--max-steps-per-epoch", "2", *RUN_FLAGS, "--epochs", "2"]
+    with monkeypatch.context() as patch:
+        fault_worker.inject("enospc-save:epoch-0002.keras", patch.setattr)
+        code, _, err = train_cli.main(from_run)
+    assert code == 4 and "No space left on device" in err, err[-3000:]
+    first = run_files.read_metrics(tmp_path / "from_run" / run_files.METRICS_FILE)["val_top1_error"]
+    assert len(first) == 1
+    code, out, err = train_cli.main(from_run)
     assert code == 0, err[-3000:]
+    assert f"Resuming {tmp_path / 'from_run'} after epoch 1" in out
+    errors = run_files.read_metrics(tmp_path / "from_run" / run_files.METRICS_FILE)["val_top1_error"]
+    assert len(errors) == 2 and errors[0] == first[0]
     src_run, ft_run = runs.open_run(scratch), runs.open_run(tmp_path / "from_run")
     assert src_run.preprocessing.mean_mode == ft_run.preprocessing.mean_mode == "image"
     np.testing.assert_array_equal(ft_run.preprocessing.mean, src_run.preprocessing.mean)

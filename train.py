@@ -171,7 +171,7 @@ def main(argv=None):
     output_dir = args.output_dir or f"runs/{'default' if builtin else preset}"
 
     # Heavy imports only after the flags are known to be good.
-    from keras_alexnet import callbacks, figures, finetune, hardware, preprocessing, recipes, run_files, sources, synthetic, training
+    from keras_alexnet import backends, callbacks, figures, finetune, hardware, preprocessing, recipes, run_files, sources, synthetic, training
 
     # Multi-worker collectives must be configured before TensorFlow runs any op.
     try:
@@ -235,6 +235,9 @@ def main(argv=None):
     except run_files.RunWriteError as e:
         print(f"train.py: error: {e}", file=sys.stderr)
         return EXIT_WRITE_FAILED
+    except backends.NeedsTensorFlow as e:  # --devices, --data-service on JAX or PyTorch
+        print(f"train.py: error: {e}", file=sys.stderr)
+        return EXIT_BAD_INPUT
     except (run_files.RunError, sources.DatasetError) as e:  # another configuration, a locked or damaged
         print(f"train.py: error: {e}", file=sys.stderr)      # run directory; prepared data that do not fit
         return EXIT_BAD_INPUT

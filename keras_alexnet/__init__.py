@@ -4,10 +4,12 @@ from keras_alexnet import console as _console
 
 # Every entry point (train.py, evaluate.py, `python -m keras_alexnet.X`, the notebooks)
 # imports TensorFlow through this file: hide its start-up noise here, before that import.
-# On JAX or PyTorch the layers and model do not need TensorFlow (the tf.data pipeline does
-# and then imports it with its start-up lines shown).
+# On JAX or PyTorch the layers and model do not need TensorFlow; the tf.data pipeline
+# imports it later, and its noise is hidden then.
 if _console.keras_backend_name() == "tensorflow":
     _console.quiet_tensorflow()
+else:
+    _console.quiet_tensorflow_when_imported()
 
 from keras_alexnet.layers import (
     ChannelSlice,

@@ -15,7 +15,10 @@ It must run before anything imports TensorFlow, and every entry point of the pro
 notebooks) imports TensorFlow through the package: ``keras_alexnet/__init__.py`` calls it
 first thing. (With ``python -m keras_alexnet.X`` Python runs the package's ``__init__``
 before ``X``, so a call in ``X``'s ``main()`` would come too late; a lazy ``__init__``
-would no longer register the custom layers that `keras.models.load_model` needs.)
+would no longer register the custom layers that `keras.models.load_model` needs.) On JAX
+and PyTorch the package does not import TensorFlow, but its input pipeline does, later:
+there ``__init__`` calls `quiet_tensorflow_when_imported`, which hides the same noise
+whenever TensorFlow's first import comes.
 
 It hides nothing when ``TF_CPP_MIN_LOG_LEVEL`` is set by the user (their choice wins) or
 when ``KERAS_ALEXNET_VERBOSE`` is set to anything but ``0`` or empty (``train.py
@@ -26,6 +29,9 @@ stays on (`GroupedConv2D`'s gradient on CPU needs it: `keras_compat.onednn_enabl
 message is dropped.
 """
 
+import contextlib
+import importlib.abc
+import importlib.util
 import os
 import re
 import sys
@@ -68,7 +74,11 @@ def is_noise(line):
 def user_chose_log_level(environ=None):
     """Whether ``TF_CPP_MIN_LOG_LEVEL`` was set by the user (not by this module)."""
     environ = os.environ if environ is None else environ
-    return "TF_CPP_MIN_LOG_LEVEL" in environ and _OWN_LEVEL_MARK not in environ
+    level = environ.get("TF_CPP_MIN_LOG_LEVEL")
+    if level is None or _OWN_LEVEL_MARK in environ:
+        return False
+    # JAX's import sets a default of 1 (jax/__init__.py, os.environ.setdefault): not a choice.
+    return not (level == "1" and "jax" in sys.modules)
 
 
 def verbose_requested(environ=None):
@@ -113,22 +123,30 @@ def quiet_tensorflow(verbose=None):
         import tensorflow as tf
 
         return tf
+    with _noise_hidden():
+        import tensorflow as tf
+
+        tf.config.list_physical_devices()  # CUDA start-up logs here (cuInit)
+    return tf
+
+
+@contextlib.contextmanager
+def _noise_hidden():
+    """File descriptor 2 captured while inside; what is not `is_noise` replayed after
+    (everything, if the body raised)."""
     os.environ["TF_CPP_MIN_LOG_LEVEL"] = "2"
     os.environ[_OWN_LEVEL_MARK] = "1"
     try:
         sys.stderr.flush()
         saved = os.dup(2)
     except (OSError, ValueError):  # no file descriptor 2 (e.g. a detached process)
-        import tensorflow as tf
-
-        return tf
+        yield
+        return
     with tempfile.TemporaryFile() as capture:
         os.dup2(capture.fileno(), 2)
         failed = True
         try:
-            import tensorflow as tf
-
-            tf.config.list_physical_devices()  # CUDA start-up logs here (cuInit)
+            yield
             failed = False
         finally:
             sys.stderr.flush()
@@ -141,5 +159,50 @@ def quiet_tensorflow(verbose=None):
             if kept:
                 sys.stderr.write("".join(kept))
                 sys.stderr.flush()
-    return tf
+
+
+class _QuietTensorFlowImport(importlib.abc.MetaPathFinder, importlib.abc.Loader):
+    """An import hook: TensorFlow's first import, by whatever module, runs inside
+    `_noise_hidden`. It finds TensorFlow with the other finders and wraps the loader; the
+    import hands the module its own loader back and removes the hook. (Libraries ask
+    `importlib.util.find_spec("tensorflow")` only to learn whether it is installed: seen
+    with PyTorch's imports; the hook stays for the real import.)"""
+
+    def find_spec(self, name, path=None, target=None):
+        if name != "tensorflow":
+            return None
+        sys.meta_path.remove(self)
+        try:
+            spec = importlib.util.find_spec(name)
+        finally:
+            sys.meta_path.insert(0, self)
+        if spec is None or spec.loader is None:
+            return spec
+        self.loader = spec.loader
+        spec.loader = self
+        return spec
+
+    def create_module(self, spec):
+        return self.loader.create_module(spec)
+
+    def __init__(self):
+        self.show_all = verbose_requested() or user_chose_log_level()
+
+    def exec_module(self, module):
+        if self in sys.meta_path:
+            sys.meta_path.remove(self)
+        module.__spec__.loader = module.__loader__ = self.loader
+        if self.show_all:
+            self.loader.exec_module(module)
+            return
+        with _noise_hidden():
+            self.loader.exec_module(module)
+            module.config.list_physical_devices()
+
+
+def quiet_tensorflow_when_imported():
+    """Hides TensorFlow's start-up noise (as `quiet_tensorflow`) whenever it is first
+    imported, without importing it now. Nothing happens if it was imported already."""
+    if "tensorflow" not in sys.modules and not any(isinstance(f, _QuietTensorFlowImport) for f in sys.meta_path):
+        sys.meta_path.insert(0, _QuietTensorFlowImport())
 

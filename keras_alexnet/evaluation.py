@@ -40,6 +40,7 @@ import numpy as np
 import tensorflow as tf
 
 from keras_alexnet import data as data_lib
+from keras_alexnet.backends import on_tensorflow
 from keras_alexnet import datasets, sources
 from keras_alexnet import run_files
 from keras_alexnet.model import outputs_probabilities
@@ -108,7 +109,11 @@ def probabilities(outputs, from_logits):
 
 
 def _softmax_of(model, images, from_logits):
-    return probabilities(tf.cast(model(images, training=False), tf.float32), from_logits)
+    if on_tensorflow():
+        outputs = model(images, training=False)
+    else:  # a batch from tf.data, through the backend's own compiled predict step
+        outputs = model.predict_on_batch(np.asarray(images))
+    return probabilities(tf.cast(outputs, tf.float32), from_logits)
 
 
 def _ten_crop_softmax(model, crops, from_logits):
@@ -143,7 +148,8 @@ def ten_crop_probs(model, crops, from_logits=None):
 
 
 def make_predict_fn(model, crops="center", from_logits=None):
-    """A compiled (`tf.function`, not XLA) function from a batch to probabilities.
+    """A compiled (`tf.function`, not XLA) function from a batch to probabilities; on JAX
+    and PyTorch a function around the model's compiled predict step.
 
     Args:
         model: a Keras model.
@@ -161,7 +167,7 @@ def make_predict_fn(model, crops="center", from_logits=None):
         fn = lambda x: _ten_crop_softmax(model, x, logits)  # noqa: E731
     else:
         fn = lambda x: _softmax_of(model, x, logits)  # noqa: E731
-    return tf.function(fn, reduce_retracing=True)
+    return tf.function(fn, reduce_retracing=True) if on_tensorflow() else fn
 
 
 def evaluate(

@@ -46,6 +46,8 @@ import shutil
 import sys
 from pathlib import Path
 
+from keras_alexnet.backends import NeedsTensorFlow, require_tensorflow
+
 FORMATS = ("saved_model", "tflite")
 SIGNATURE = "serving_default"
 TOP_K = 5
@@ -125,6 +127,7 @@ def serving_module(run, *, ten_crop=False):
     Returns:
         ``(module, concrete_function)``: save with ``signatures={"serving_default": fn}``.
     """
+    require_tensorflow("SavedModel and TFLite export")
     import tensorflow as tf
 
     from keras_alexnet import evaluation
@@ -168,6 +171,7 @@ def tflite_function(run, *, ten_crop=False, lrn_implementation="tf_nn"):
         ``(module, concrete_function)`` (the module holds the weights; `tflite_model`
         freezes them into constants).
     """
+    require_tensorflow("SavedModel and TFLite export")
     import tensorflow as tf
 
     from keras_alexnet import evaluation
@@ -398,6 +402,7 @@ def main(argv=None):
     from keras_alexnet import pretrained, run_files, runs
 
     try:
+        require_tensorflow(f"Export ({args.format})")
         run = runs.open_run(args.run, unsafe=args.unsafe_load)
         out = Path(args.out).expanduser()
         if args.format == "saved_model":
@@ -408,7 +413,7 @@ def main(argv=None):
             meta = export_tflite(run, out, ten_crop=args.ten_crop, allow_select_tf_ops=args.select_tf_ops)
             print(f"Wrote {out}: {meta['inputs']['image']} -> probabilities; ops: "
                   f"{', '.join(meta['ops'])}{' (with SELECT_TF_OPS)' if meta['select_tf_ops'] else ''}")
-    except (run_files.RunError, ExportError, pretrained.WeightsError, FileNotFoundError) as e:
+    except (run_files.RunError, ExportError, pretrained.WeightsError, FileNotFoundError, NeedsTensorFlow) as e:
         print(f"keras_alexnet.export: error: {e}", file=sys.stderr)
         return 2
     return 0

@@ -3,13 +3,17 @@ mixed-precision policy, whether to compile with XLA, and the `tf.distribute` str
 
 `keras_alexnet.training.train` resolves ``--precision auto`` and ``--xla auto`` here;
 ``train.py`` creates the strategy first (`make_strategy`), before TensorFlow runs any op.
+On JAX and PyTorch the GPUs are the backend's, asked through the backend, and TensorFlow
+(the input pipeline) is kept off them.
 """
 
+import contextlib
 import json
 import os
 from pathlib import Path
 
-import tensorflow as tf
+from keras_alexnet import console
+from keras_alexnet.backends import backend, on_tensorflow, require_tensorflow
 
 
 # Precision -----------------------------------------------------------------------------
@@ -31,11 +35,7 @@ def choose_precision(cpu_flags=None, gpu_capabilities=None):
         ``"mixed_bfloat16"``, ``"mixed_float16"`` or ``"float32"``.
     """
     if gpu_capabilities is None:
-        gpu_capabilities = []
-        for gpu in tf.config.list_physical_devices("GPU"):
-            cc = tf.config.experimental.get_device_details(gpu).get("compute_capability")
-            if cc:
-                gpu_capabilities.append(tuple(cc))
+        gpu_capabilities = _gpu_capabilities()
     if gpu_capabilities:
         lowest = min(gpu_capabilities)
         return "mixed_bfloat16" if lowest >= (8, 0) else "mixed_float16" if lowest >= (7, 0) else "float32"
@@ -45,6 +45,26 @@ def choose_precision(cpu_flags=None, gpu_capabilities=None):
 
 
 BF16_CPU_FLAGS = {"amx_bf16", "avx512_bf16"}
+
+
+def _gpu_capabilities():
+    """(major, minor) compute capability of each GPU the Keras backend sees."""
+    if backend() == "jax":
+        import jax
+
+        return [tuple(int(p) for p in str(d.compute_capability).split(".")[:2])
+                for d in jax.devices() if d.platform == "gpu" and getattr(d, "compute_capability", None)]
+    if backend() == "torch":
+        import torch
+
+        return [tuple(torch.cuda.get_device_capability(i)) for i in range(torch.cuda.device_count())]
+    tf = console.quiet_tensorflow()
+    caps = []
+    for gpu in tf.config.list_physical_devices("GPU"):
+        cc = tf.config.experimental.get_device_details(gpu).get("compute_capability")
+        if cc:
+            caps.append(tuple(cc))
+    return caps
 
 
 def _cpu_flags():
@@ -57,6 +77,10 @@ def _cpu_flags():
 
 def choose_xla(precision, grouping="towers", cpu_flags=None, num_gpus=None):
     """Whether XLA makes the training step faster, without changing what it computes.
+
+    On JAX always: XLA is how JAX compiles, and without it Keras runs the step op by op
+    (the tiny preset's first step took 7 s so). On PyTorch never: there ``jit_compile``
+    means ``torch.compile``, not measured here. On TensorFlow:
 
     Measured on CPU (bench/NOTES.md): in float32 XLA is slower than TensorFlow's oneDNN
     kernels (32 vs 37 img/s); in bfloat16 on a CPU *without* bf16 instructions it is more
@@ -71,10 +95,12 @@ def choose_xla(precision, grouping="towers", cpu_flags=None, num_gpus=None):
         cpu_flags: set of /proc/cpuinfo flags (read from the machine if None).
         num_gpus: number of visible GPUs (queried if None).
     """
+    if not on_tensorflow():
+        return backend() == "jax"
     if precision != "mixed_bfloat16" or grouping == "grouped":
         return False
     if num_gpus is None:
-        num_gpus = len(tf.config.list_physical_devices("GPU"))
+        num_gpus = len(_gpu_capabilities())
     if num_gpus:
         return False
     if cpu_flags is None:
@@ -85,13 +111,35 @@ def choose_xla(precision, grouping="towers", cpu_flags=None, num_gpus=None):
 # Distribution --------------------------------------------------------------------------
 
 
+class OneDevice:
+    """The strategy of a run on JAX or PyTorch: one device, the backend's default."""
+
+    cluster_resolver = None
+
+    def scope(self):
+        return contextlib.nullcontext()
+
+
 def make_strategy(kind="auto"):
     """The `tf.distribute` strategy for ``kind``.
 
     ``"auto"``: `MultiWorkerMirroredStrategy` when ``TF_CONFIG`` names a cluster of more
     than one worker, `MirroredStrategy` with several GPUs, else the default strategy.
     ``"mirrored"``, ``"multi-worker"``, ``"default"`` force one.
+
+    On JAX and PyTorch: `OneDevice` for ``"auto"`` and ``"default"`` (TensorFlow, which
+    runs the input pipeline, is kept off the GPUs, whose memory it would otherwise
+    take); the `tf.distribute` kinds raise `keras_alexnet.backends.NeedsTensorFlow`.
     """
+    if not on_tensorflow():
+        if kind not in ("auto", "default"):
+            require_tensorflow("tf.distribute")
+        try:
+            console.quiet_tensorflow().config.set_visible_devices([], "GPU")
+        except RuntimeError:  # TensorFlow has started its devices already: too late, harmless on CPUs
+            pass
+        return OneDevice()
+    tf = console.quiet_tensorflow()
     tf_config = json.loads(os.environ.get("TF_CONFIG", "{}") or "{}")
     workers = tf_config.get("cluster", {}).get("worker", [])
     if kind == "auto":

@@ -16,6 +16,7 @@ import keras
 import numpy as np
 from keras import ops
 
+from keras_alexnet.backends import on_tensorflow
 from keras_alexnet.keras_compat import DataLayer, call_has_training_arg, onednn_enabled
 from keras_alexnet.variants import PAPER_LRN
 
@@ -49,11 +50,6 @@ def _band_matrix(channels, depth_radius, groups=1):
     group = idx // (channels // groups)
     band = (np.abs(idx[:, None] - idx[None, :]) <= depth_radius) & (group[:, None] == group[None, :])
     return band.astype(np.float32)
-
-
-def on_tensorflow():
-    """Whether Keras runs on TensorFlow (the layers' TensorFlow fast paths, `tf.device`)."""
-    return keras.backend.backend() == "tensorflow"
 
 
 def _neg_pow(d, beta, rsqrt=ops.rsqrt, sqrt=ops.sqrt):

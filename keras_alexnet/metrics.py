@@ -15,6 +15,12 @@ class TopKError(keras.metrics.SparseTopKCategoricalAccuracy):
     def __init__(self, k=5, name=None, **kwargs):
         super().__init__(k=k, name=name or f"top{k}_error", **kwargs)
 
+    def update_state(self, y_true, y_pred, sample_weight=None):
+        # Fewer classes than k: every label is among the top k. TensorFlow's in_top_k says
+        # so; PyTorch's topk refuses a k larger than the classes, so k is capped here.
+        self._fn_kwargs["k"] = min(self.k, y_pred.shape[-1] or self.k)
+        return super().update_state(y_true, y_pred, sample_weight)
+
     def result(self):
         return 1.0 - super().result()
 

@@ -26,8 +26,8 @@ import numpy as np
 import keras
 
 from keras_alexnet.keras_compat import TowerTrainStep, colocate_optimizer_slots
-from keras_alexnet.layers import (PAPER_LAYERS, ChannelSlice, GroupedConv2D, LocalResponseNormalization, OnDevice,
-                                  on_tensorflow)
+from keras_alexnet.backends import on_tensorflow, require_tensorflow
+from keras_alexnet.layers import PAPER_LAYERS, ChannelSlice, GroupedConv2D, LocalResponseNormalization, OnDevice
 from keras_alexnet.variants import POOL5_HWC, VARIANTS, variant_defaults
 from keras_alexnet.weight_readers import ConversionError
 
@@ -358,9 +358,10 @@ def AlexNet(
         raise ValueError(f"conv_filters must give 5 kernel counts, got {filters}.")
     if variant == "torchvision" and grouping != "none":
         raise ValueError("torchvision's AlexNet has no groups: grouping must be 'none'.")
-    if devices is not None and any(devices) and not on_tensorflow():
-        raise ValueError(f"devices={devices}: the towers are placed with tf.device, on the TensorFlow backend "
-                         f"only (Keras runs on {keras.backend.backend()}). Leave devices out here.")
+    if devices is not None and any(devices):
+        require_tensorflow(f"AlexNet(devices={devices}) (the towers' tf.device placement)",
+                           "Leave devices out; on JAX keras_alexnet.backends.paper_model_parallel() splits "
+                           "the grouping='grouped' network over two devices.")
     devices = tuple(default_devices() if devices is None else devices)
     if len(devices) != 2:
         raise ValueError(f"devices must name two devices (towers a and b), got {devices}.")

@@ -42,6 +42,7 @@ from keras_alexnet.callbacks import (
     learning_rate,
     set_learning_rate,
 )
+from keras_alexnet.backends import on_tensorflow, require_tensorflow
 from keras_alexnet.hardware import choose_precision, choose_xla, make_strategy, worker_info
 from keras_alexnet.metrics import error_metrics
 from keras_alexnet.model import AlexNet
@@ -292,6 +293,8 @@ def train(recipe, data, settings, *, preset=None, stats_path=None, strategy=None
         TrainingDiverged: the loss became non-finite (nothing of that epoch is saved).
     """
     run_dir = Path(settings.output_dir)
+    if settings.data_service:  # a tf.data.Dataset like any other, but tested on TensorFlow only
+        require_tensorflow("Training from the tf.data service (--data-service)")
     if weights is not None:
         recipe, settings = weights.adapt(recipe, settings)
     if settings.precision == "auto":
@@ -299,7 +302,7 @@ def train(recipe, data, settings, *, preset=None, stats_path=None, strategy=None
         print(f"Precision: {settings.precision} (chosen for this hardware; --precision to override).", flush=True)
     if settings.xla == "auto":
         settings = dataclasses.replace(settings, xla=choose_xla(settings.precision, settings.grouping))
-        if settings.xla:
+        if settings.xla and on_tensorflow():  # on JAX it always is
             print("XLA: on (bf16 on a CPU without bf16 instructions runs >2x faster with XLA; "
                   "--xla off to disable).", flush=True)
     if strategy is None:

@@ -152,13 +152,35 @@ def check_models(ref, folder):
         diff = relative(numpy_of(loaded[name](old["inputs"])), old[key])
         assert diff < 1e-4, (name, diff)
     ok("old_inputs")
+
+
+def check_refusals(folder):
+    """What only TensorFlow does refuses this backend with a message, not a traceback."""
+    from keras_alexnet import backends, export, hardware
+
+    def refused(call, *words):
+        try:
+            call()
+        except backends.NeedsTensorFlow as e:
+            assert "needs the TensorFlow backend" in str(e) and BACKEND in str(e), e
+            assert all(w in str(e) for w in words), (words, e)
+        else:
+            raise AssertionError(f"{call} accepted on {BACKEND}")
+
+    refused(lambda: AlexNet(devices=("/GPU:0", "/GPU:1")), "paper_model_parallel")
+    refused(lambda: hardware.make_strategy("mirrored"), "tf.distribute")
+    refused(lambda: hardware.make_strategy("multi-worker"), "tf.distribute")
+    refused(lambda: export.serving_module(folder / "paper_towers.keras"), "export")
+    refused(lambda: export.tflite_function(folder / "paper_towers.keras"), "export")
+    assert isinstance(hardware.make_strategy("auto"), hardware.OneDevice)
+    assert hardware.choose_xla("float32") == (BACKEND == "jax")
     try:
-        AlexNet(devices=("/GPU:0", "/GPU:1"))
+        layers.LocalResponseNormalization(implementation="tf_nn")(np.ones((1, 2, 2, 4), np.float32))
     except ValueError as e:
-        assert "TensorFlow backend only" in str(e), e
+        assert "'matmul'" in str(e), e
     else:
-        raise AssertionError("devices= accepted off TensorFlow")
-    ok("devices_refused")
+        raise AssertionError("tf_nn LRN accepted")
+    ok("refusals")
 
 
 def check_training(ref):
@@ -187,11 +209,119 @@ def check_training(ref):
     ok("training", "loss by epoch " + " ".join(f"{v:.3f}" for v in history))
 
 
+def check_model_parallel(ref):
+    """JAX: the paper's split over two devices (two CPU devices here, from
+    ``XLA_FLAGS=--xla_force_host_platform_device_count=2``) with
+    `keras_alexnet.backends.paper_model_parallel`. A two-tower model's weights go into the
+    sharded grouped network; each device then holds exactly one tower's kernels, the
+    predictions equal the unsharded network's, and a training step keeps the split."""
+    import jax
+    from keras import distribution as kd
+
+    from keras_alexnet.backends import paper_model_parallel
+    from keras_alexnet.model import towers_to_grouped
+
+    devices = jax.devices()
+    assert len(devices) == 2, devices
+    kwargs = dict(input_shape=(67, 67, 3), fc_units=64, classes=10, seed=0, input_scale=1 / 64,
+                  weight_stddev={"default": "he", "fc8": 0.05}, positive_bias=0.0, classifier_activation=None)
+    towers = AlexNet(**kwargs)
+    want = numpy_of(towers(ref["photos"]))
+    distribution = paper_model_parallel()
+    with distribution.scope():
+        model = AlexNet(grouping="grouped", **kwargs)
+        towers_to_grouped(towers, model)
+        got = model.predict(ref["photos"], batch_size=16, verbose=0)
+    diff = relative(got, want)
+    assert diff < 1e-5, diff
+
+    def placement():
+        """{layer: {device id: the tower whose kernel that device holds}}."""
+        where = {}
+        for name in ("conv1", "conv2", "conv3", "conv4", "conv5", "fc6", "fc7"):
+            kernel = model.get_layer(name).kernel.value
+            where[name] = {}
+            for shard in kernel.addressable_shards:
+                held = np.asarray(shard.data)
+                for index, tower in enumerate("ab"):
+                    if name.startswith("conv"):
+                        inner = towers.get_layer(f"{name}_{tower}")
+                        tower_kernel = numpy_of(getattr(inner, "layer", inner).kernel)
+                    else:  # one Dense in the towers model; each tower computes half its units
+                        tower_kernel = np.split(numpy_of(towers.get_layer(name).kernel), 2, axis=-1)[index]
+                    if held.shape == tower_kernel.shape and np.array_equal(held, tower_kernel):
+                        where[name][shard.device.id] = tower
+        return where
+
+    expected = {name: {devices[0].id: "a", devices[1].id: "b"}
+                for name in ("conv1", "conv2", "conv3", "conv4", "conv5", "fc6", "fc7")}
+    assert placement() == expected, placement()
+    fc8 = model.get_layer("fc8").kernel.value
+    assert all(s.data.shape == fc8.shape for s in fc8.addressable_shards)  # replicated
+    with distribution.scope():
+        model.compile(optimizer=keras.optimizers.SGD(0.01, momentum=0.9), loss="sparse_categorical_crossentropy")
+        loss = model.fit(ref["photos"], ref["labels"], batch_size=16, epochs=1, verbose=0).history["loss"]
+    kernel = model.get_layer("conv2").kernel.value
+    assert np.isfinite(loss).all() and {s.data.shape for s in kernel.addressable_shards} == {(5, 5, 48, 128)}
+    assert {s.device.id for s in kernel.addressable_shards} == {d.id for d in devices}
+    ok("model_parallel", f"two devices, one tower each; outputs within {diff:.1e} of the unsharded towers'")
+
+
+def check_train_script(ref, folder):
+    """train.py on this backend, in this process: the recipe's SGD with weight decay, the
+    plateau schedule, the divergence check's recovery (epoch 2's rate jumps to 1e7, so it
+    diverges and the run goes back to epoch 1's checkpoint at a tenth of the rate), a full
+    disk at epoch 3's checkpoint (exit 4) and the same command resuming after epoch 2,
+    then evaluate.py's ten crops. The run's best.keras and its
+    outputs on the photos go back to the parent, which loads it on TensorFlow."""
+    sys.path.insert(0, str(REPO / "tests"))
+    import fault_worker
+    import train_cli
+    from keras_alexnet import evaluation, run_files, runs, synthetic
+
+    data = synthetic.make_dataset(folder / f"data_{BACKEND}", num_classes=3, train_per_class=8, val_per_class=4,
+                                  size=64)
+    run_dir = folder / f"run_{BACKEND}"
+    flags = ["--data-dir", data, "--output-dir", run_dir, "--preset", "tiny", "--resize-size", "72",
+             "--crop-size", "67", "--fc-units", "32", "--batch-size", "8", "--quiet", "--max-steps-per-epoch",
+             "2", "--precision", "float32", "--on-divergence", "recover", "--epochs", "3"]
+    undo = []
+
+    def patch(obj, name, value):
+        undo.append((obj, name, getattr(obj, name)))
+        setattr(obj, name, value)
+
+    fault_worker.inject("lr:2:1e7", patch)
+    fault_worker.inject("enospc-save:epoch-0003.keras", patch)  # a full disk at epoch 3's checkpoint
+    code, out, err = train_cli.main(flags)
+    for obj, name, value in reversed(undo):
+        setattr(obj, name, value)
+    assert code == 4, out[-2000:] + err[-3000:]
+    assert "Recovery 1/3: restarting from epoch 1" in out and "learning rate 0.01 -> 0.001" in out, out[-2000:]
+    code, out, err = train_cli.main(flags)
+    assert code == 0 and f"Resuming {run_dir} after epoch 2" in out, out[-2000:] + err[-3000:]
+    metrics = run_files.read_metrics(run_dir)
+    assert list(metrics["epoch"]) == [1.0, 2.0, 3.0] and np.isfinite(metrics["loss"]).all(), metrics
+    np.testing.assert_allclose(metrics["lr"], [0.01, 0.001, 0.001], rtol=1e-5)
+    ok("train_script", "epochs 1-3, loss " + " ".join(f"{v:.3f}" for v in metrics["loss"]))
+
+    run = runs.open_run(run_dir)
+    source = evaluation.load_eval_source(run, data)
+    results = evaluation.run_evaluation(run, source, crops="ten", progress=False)
+    assert results["images"] == 12, results
+    np.savez(folder / f"run_{BACKEND}_outputs.npz", outputs=numpy_of(run.model(ref["photos"])))
+    ok("evaluate_script", f"ten-crop top-1 error {results['top1_error']:.3f} on {results['images']} images")
+
+
 if __name__ == "__main__":
     reference, folder = np.load(sys.argv[1]), Path(sys.argv[2])
     check_imports()
     check_layers(reference)
     check_layer_tests()
     check_models(reference, folder)
+    check_refusals(folder)
     check_training(reference)
+    if BACKEND == "jax":
+        check_model_parallel(reference)
+    check_train_script(reference, folder)
     ok("all", BACKEND)

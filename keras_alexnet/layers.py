@@ -3,8 +3,8 @@ augmentation (§4.1), plus the small wrappers the two-tower model is built from.
 
 Every layer runs on each Keras 3 backend (TensorFlow, JAX, PyTorch). On TensorFlow they
 keep their TensorFlow fast paths (`tf.*` ops: oneDNN's grouped convolution, the LRN with
-its hand-written gradient); on the others they are written with `keras.ops`, and the LRN's
-gradient is autodiff's. TensorFlow is imported only on the TensorFlow backend (or inside a
+its hand-written gradient); on the others they are written with `keras.ops`, the LRN's
+gradient the same hand-written one (``keras.ops.custom_gradient``). TensorFlow is imported only on the TensorFlow backend (or inside a
 `tf.data` pipeline). The layers are registered with Keras under the package name
 ``keras_alexnet`` so that `.keras` files that contain them load with
 `keras.models.load_model` once this package is imported, on any backend.
@@ -77,17 +77,38 @@ def _band_product(t, band, bias=None):
 
 def local_response_normalization_ops(x, depth_radius, bias, alpha, beta, groups=1):
     """`local_response_normalization` written with `keras.ops` (every backend): the same
-    banded matmul, ``d = k + (x * x) @ (alpha * B)``, ``y = x * d ** -beta``, computed in
-    float32; its gradient is the backend's autodiff."""
+    banded matmul and the same hand-written gradient, through ``keras.ops.custom_gradient``,
+    computed in float32.
+
+    The hand-written gradient measured faster than each backend's autodiff of the forward
+    formula (bench/bench_backends.py, CPU, batch 32: 0.77x the time on JAX for lrn1's
+    shape, 0.83x for lrn2's; on PyTorch 0.7x), and it keeps two tensors for the backward
+    pass, not autodiff's intermediate products.
+    """
     dtype = keras.backend.standardize_dtype(x.dtype)
     channels = x.shape[-1]
     if channels is None or channels % groups:
         raise ValueError(f"LRN needs a known channel count divisible by groups={groups}, got {channels}")
-    band = ops.convert_to_tensor(_band_matrix(channels, depth_radius, groups) * float(alpha))
-    x32 = ops.cast(x, "float32")
-    d = ops.matmul(ops.square(x32), band) + float(bias)
-    y = x32 * _neg_pow(d, float(beta))
-    return ops.cast(y, dtype)
+    alpha, beta, bias = float(alpha), float(beta), float(bias)
+    band = _band_matrix(channels, depth_radius, groups)
+    band_fwd = ops.convert_to_tensor(band * alpha)
+    band_bwd = ops.convert_to_tensor(band * (-2.0 * alpha * beta))  # B is symmetric
+
+    @ops.custom_gradient
+    def _lrn(x32):
+        d = ops.matmul(ops.square(x32), band_fwd) + bias
+        r = _neg_pow(d, beta)
+
+        def grad(*args, upstream=None):
+            # JAX calls grad(upstream); Keras' PyTorch backend grad(*inputs, upstream=upstream).
+            if upstream is None:
+                (upstream,) = args
+            gr = ops.cast(upstream, "float32") * r
+            return gr + x32 * ops.matmul(gr * x32 / d, band_bwd)
+
+        return x32 * r, grad
+
+    return ops.cast(_lrn(ops.cast(x, "float32")), dtype)
 
 
 def local_response_normalization(x, depth_radius, bias, alpha, beta, groups=1):

@@ -27,7 +27,9 @@ BACKEND = keras.backend.backend()
 
 
 def ok(name, detail=""):
-    print(f"ok {name} {detail}".rstrip(), flush=True)
+    """``ok NAME [detail] (CPU seconds of this process so far)``."""
+    cpu = sum(os.times()[:2])
+    print(f"ok {name} {detail} ({cpu:.1f} s CPU)".replace("  ", " "), flush=True)
 
 
 def relative(got, want):
@@ -49,6 +51,16 @@ def lrn_reference(a, n=5, k=2.0, alpha=1e-4, beta=0.75, groups=1):
     return b
 
 
+def lrn_by_slices(a, n=5, k=2.0, alpha=1e-4, beta=0.75):
+    """The paper's LRN in `keras.ops`, its window sum as n shifted slices of the zero-padded
+    squares (no band matrix, no custom gradient): what autodiff differentiates."""
+    ops = keras.ops
+    squares = ops.pad(ops.square(a), [(0, 0)] * (len(a.shape) - 1) + [(n // 2, n // 2)])
+    channels = a.shape[-1]
+    window = sum(squares[..., i:i + channels] for i in range(n))
+    return a / ops.power(k + alpha * window, beta)
+
+
 def numpy_of(x):
     return keras.ops.convert_to_numpy(x)
 
@@ -66,10 +78,14 @@ def check_layers(ref):
         got = numpy_of(layers.LocalResponseNormalization(groups=groups, **params)(x))
         want = lrn_reference(x, 2 * params["depth_radius"] + 1, params["bias"], params["alpha"], params["beta"], groups)
         np.testing.assert_allclose(got, want, rtol=2e-5, atol=1e-5, err_msg=f"LRN groups={groups} {params}")
-    # The gradient by this backend's autodiff against TensorFlow's hand-written one.
+    # The layer's hand-written gradient (keras.ops.custom_gradient) against this backend's
+    # autodiff of the paper's formula written out, and against TensorFlow's gradient.
     got = gradient_of_weighted_sum(layers.LocalResponseNormalization(), x, ref["lrn_weights"])
+    autodiff = gradient_of_weighted_sum(lrn_by_slices, x, ref["lrn_weights"])
+    assert relative(got, autodiff) < 1e-5, relative(got, autodiff)
     assert relative(got, ref["lrn_gradient_tf"]) < 1e-5, relative(got, ref["lrn_gradient_tf"])
-    ok("lrn", f"gradient relative difference to TensorFlow's {relative(got, ref['lrn_gradient_tf']):.1e}")
+    ok("lrn", f"gradient relative difference to autodiff's {relative(got, autodiff):.1e}, "
+              f"to TensorFlow's {relative(got, ref['lrn_gradient_tf']):.1e}")
 
     conv = layers.GroupedConv2D(8, 3, strides=2, padding="same", groups=2)
     conv.build(ref["conv_input"].shape)

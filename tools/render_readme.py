@@ -136,6 +136,16 @@ def train_speed_table():
     return module.render_table(json.loads(path.read_text()))
 
 
+def backends_table():
+    path = RESULTS / "backends.json"
+    if not path.is_file():
+        return f"(no {path.relative_to(ROOT)} yet: run `python bench/bench_backends.py`)"
+    spec = importlib.util.spec_from_file_location("bench_backends", ROOT / "bench" / "bench_backends.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.table_markdown(json.loads(path.read_text()))
+
+
 def _recipe_changes(config):
     """The recipe fields a run set differently from its preset, as ``field=value``."""
     from keras_alexnet import recipes
@@ -194,7 +204,7 @@ def runs_table(runs_dir=ROOT / "results"):
 
 SECTIONS = {"runs": runs_table, "train-speed": train_speed_table, "pipeline-speed": pipeline_table,
             "eval-speed": eval_table, "prepared-speed": prepared_table, "prepare-encoding": encoding_table,
-            "prepared-vs-raw": prepared_vs_raw_table}
+            "prepared-vs-raw": prepared_vs_raw_table, "backend-speed": backends_table}
 
 
 def update_readme(path=ROOT / "README.md"):

@@ -149,13 +149,53 @@ def check_layer_tests():
     ok("run_layer_test")
 
 
+def variant_kwargs(variant, grouping):
+    """The small AlexNet of ``variant`` in ``grouping`` that every backend builds (67 px;
+    torchvision's average pool fits 224 px only, so its network is built without fc6-fc8)."""
+    top = dict(include_top=False) if variant == "torchvision" else dict(fc_units=32, classes=10)
+    return dict(variant=variant, grouping=grouping, input_shape=(67, 67, 3), **top)
+
+
+def check_variants(ref, folder):
+    """Every variant in every grouping (``VARIANT_MODELS``), built here with the arguments
+    TensorFlow's was built with: the same parameter count; and TensorFlow's saved model of
+    it gives TensorFlow's outputs on real photos. JAX builds two of them, the paper's towers
+    and bvlc_alexnet's (its LRN across both towers), since each model costs JAX a second or
+    more of compiling; the grouped layout runs on JAX in `check_model_parallel`."""
+    worst = 0.0
+    for item in os.environ["VARIANT_MODELS"].split(","):
+        variant, grouping = item.split(":")
+        if BACKEND == "jax" and (variant, grouping) not in (("paper", "towers"), ("bvlc_alexnet", "towers")):
+            continue
+        assert AlexNet(**variant_kwargs(variant, grouping)).count_params() == int(ref[f"{variant}_{grouping}_params"]), item
+        loaded = keras.models.load_model(folder / f"{variant}_{grouping}.keras", safe_mode=True)
+        diff = relative(numpy_of(loaded(ref["photos"])), ref[f"{variant}_{grouping}_outputs"])
+        assert diff < 1e-5, (item, diff)
+        worst = max(worst, diff)
+    ok("variants", f"outputs within {worst:.1e} of TensorFlow's (relative to the largest)")
+
+
+def check_published_weights(ref):
+    """``AlexNet(weights=URL, file_hash=...)``: downloaded from the test's local server,
+    checked against its hash, converted into this process's cache on this backend, and
+    equal to TensorFlow's conversion of the same file; a second call uses the cache."""
+    from keras_alexnet import pretrained
+
+    url, file_hash = os.environ["PUBLISHED"].split()
+    model = AlexNet(weights=url, file_hash=file_hash, fc_units=8)  # the small file's fc6, fc7
+    diff = relative(numpy_of(model(ref["photos_227"])), ref["published_outputs"])
+    assert diff < 1e-4, diff  # the converter tests' measure
+    entry = pretrained.named(url, file_hash)
+    assert pretrained.converted(entry) is not None  # cached: the next call downloads nothing
+    ok("published_weights", f"relative difference to TensorFlow's conversion {diff:.1e}")
+
+
 def check_models(ref, folder):
-    """A model saved on TensorFlow now, and the directories written before the backends
-    (``OLD_MODELS``: tests/fixtures), give TensorFlow's outputs on real photos."""
+    """The directories written before the backends (``OLD_MODELS``: tests/fixtures) give
+    TensorFlow's outputs on real photos."""
     photos = ref["photos"]
-    models = {"paper_towers": folder / "paper_towers.keras"}
-    models.update({name: REPO / "tests" / "fixtures" / path
-                   for name, path in (item.split("=") for item in os.environ["OLD_MODELS"].split(","))})
+    models = {name: REPO / "tests" / "fixtures" / path
+              for name, path in (item.split("=") for item in os.environ["OLD_MODELS"].split(","))}
     loaded = {}
     for name, path in models.items():
         loaded[name] = keras.models.load_model(path, safe_mode=True)
@@ -334,7 +374,9 @@ if __name__ == "__main__":
     check_imports()
     check_layers(reference)
     check_layer_tests()
+    check_variants(reference, folder)
     check_models(reference, folder)
+    check_published_weights(reference)
     check_refusals(folder)
     check_training(reference)
     if BACKEND == "jax":

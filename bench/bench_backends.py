@@ -80,11 +80,11 @@ PLAIN_TORCH = "torch_plain"
 VERSION_PACKAGES = ("keras", "tensorflow", "jax", "jaxlib", "torch", "numpy")
 
 
-def _keras(cid, backend, label, grouping, kind="train"):
+def _keras(cid, backend, label, grouping, kind="train", precision="fp32"):
     """A keras_alexnet config run by _backend_worker.py with ``KERAS_BACKEND=backend``."""
     return dict(id=cid, label=label, kind=kind, backend=backend, layout=grouping,
                 script="_backend_worker.py", requires=("keras", backend),
-                worker=dict(kind=kind, grouping=grouping, precision="fp32"))
+                worker=dict(kind=kind, grouping=grouping, precision=precision))
 
 
 CONFIGS = [
@@ -92,6 +92,11 @@ CONFIGS = [
     _keras("keras_jax_towers", "jax", "Keras on JAX", "towers"),
     _keras("keras_jax_grouped", "jax", "Keras on JAX", "grouped"),
     _keras("keras_torch_towers", "torch", "Keras on PyTorch", "towers"),
+    # Mixed bfloat16 (Keras' mixed_bfloat16 policy): what `keras_alexnet.hardware.choose_precision`
+    # picks per backend on a CPU with bf16 instructions rests on these rows.
+    _keras("keras_tf_towers_bf16", "tensorflow", "Keras on TensorFlow", "towers", precision="bf16"),
+    _keras("keras_jax_towers_bf16", "jax", "Keras on JAX", "towers", precision="bf16"),
+    _keras("keras_torch_towers_bf16", "torch", "Keras on PyTorch", "towers", precision="bf16"),
     # The same network in PyTorch (groups=2 convs: the grouped layout), CPU only.
     dict(id="torch_plain", label="plain PyTorch", kind="train", backend=None, layout="grouped",
          script="_torch_worker.py", requires=("torch", "numpy"),
@@ -299,7 +304,8 @@ def _measured(row):
 
 def _machine_line(results):
     m, v = results["machine"], results["versions"]
-    parts = [f"{m.get('cpu_model', '?')}, {m.get('cores', '?')} cores"]
+    parts = [f"{m.get('cpu_model', '?')}, {m.get('cores', '?')} cores"
+             + (", AVX-512" if m.get("avx512") else "") + f", bf16 instructions: {m.get('bf16_hardware', '?')}"]
     if results.get("gpu"):
         parts.append("GPU " + "; ".join(results["gpu"]))
     parts.append(", ".join(f"{name} {v[key]}" for name, key in (

@@ -26,6 +26,9 @@ def choose_precision(cpu_flags=None, gpu_capabilities=None):
     AVX512_BF16, and on GPUs of compute capability 8.0 or later; GPUs from 7.0 get
     float16 (with loss scaling). Elsewhere bf16 is emulated: on this project's AVX-512
     machines without those flags bf16 trained 3.5x *slower* than float32 (bench/NOTES.md).
+    On a bf16 CPU the backend matters too (bench/bench_backends.py, AVX512_BF16, batch
+    32): bf16 trained faster than float32 on TensorFlow and PyTorch, slower on JAX, whose
+    CPU convolutions do not use those instructions; JAX on such a CPU stays in float32.
 
     Args:
         cpu_flags: set of /proc/cpuinfo flags (read from the machine if None).
@@ -41,10 +44,12 @@ def choose_precision(cpu_flags=None, gpu_capabilities=None):
         return "mixed_bfloat16" if lowest >= (8, 0) else "mixed_float16" if lowest >= (7, 0) else "float32"
     if cpu_flags is None:
         cpu_flags = _cpu_flags()
-    return "mixed_bfloat16" if BF16_CPU_FLAGS & set(cpu_flags) else "float32"
+    fast = BF16_CPU_FLAGS & set(cpu_flags) and backend() in BF16_CPU_BACKENDS
+    return "mixed_bfloat16" if fast else "float32"
 
 
 BF16_CPU_FLAGS = {"amx_bf16", "avx512_bf16"}
+BF16_CPU_BACKENDS = {"tensorflow", "torch"}  # see choose_precision
 
 
 def _gpu_capabilities():

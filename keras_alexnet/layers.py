@@ -81,8 +81,8 @@ def local_response_normalization_ops(x, depth_radius, bias, alpha, beta, groups=
     computed in float32.
 
     The hand-written gradient measured faster than each backend's autodiff of the forward
-    formula (bench/bench_backends.py, forward and backward on 2 CPU cores, batch 32: 0.78x
-    autodiff's time on JAX at lrn1's shape, 0.81x at lrn2's; 0.72x and 0.80x on PyTorch).
+    formula (bench/bench_backends.py, forward and backward on 2 CPU cores, batch 32: 0.81x
+    autodiff's time on JAX at lrn1's and lrn2's shapes; 0.71x and 0.82x on PyTorch).
     """
     dtype = keras.backend.standardize_dtype(x.dtype)
     channels = x.shape[-1]

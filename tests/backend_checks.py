@@ -8,6 +8,7 @@ the reference for the layers, TensorFlow's outputs for the models and the groupe
 convolution.
 """
 
+import contextlib
 import os
 import sys
 from pathlib import Path
@@ -242,11 +243,12 @@ def check_refusals(folder):
     ok("refusals")
 
 
-def check_training(ref):
-    """The paper's network (two towers, 67 px) trained with Adam on real photos. On JAX
+def check_training(ref, distribution=None):
+    """The paper's network (67 px) trained with Adam on real photos. On JAX in the
+    grouped layout split over two devices (``distribution``: `check_model_parallel`'s),
     from a tf.data pipeline with the PCA noise in it (TensorFlow there, whatever the
-    backend: what train.py feeds); on PyTorch from arrays (TensorFlow's import alone is
-    4 s of the suite's CPU, and the tf.data path is the same code)."""
+    backend: what train.py feeds); on PyTorch in two towers, from arrays (the tf.data
+    path is the same code)."""
     keras.utils.set_random_seed(0)
     if BACKEND == "jax":
         import tensorflow as tf
@@ -260,11 +262,17 @@ def check_training(ref):
         repeat = 3  # 6 steps of 8 an epoch, as above
         fit = dict(x=np.concatenate([ref["photos"]] * repeat), y=np.concatenate([ref["labels"]] * repeat),
                    batch_size=8, shuffle=False)  # in the order the tf.data pipeline gives
-    model = AlexNet(input_shape=(67, 67, 3), fc_units=64, classes=4, dropout=0.0, input_scale=1 / 64,
-                    weight_stddev={"default": "he", "fc8": 0.01}, positive_bias=0.0, seed=0)
-    model.compile(optimizer=keras.optimizers.Adam(3e-4), loss="sparse_categorical_crossentropy")
-    history = model.fit(**fit, epochs=5, verbose=0).history["loss"]
+    with distribution.scope() if distribution else contextlib.nullcontext():
+        model = AlexNet(input_shape=(67, 67, 3), fc_units=64, classes=4, dropout=0.0, input_scale=1 / 64,
+                        weight_stddev={"default": "he", "fc8": 0.01}, positive_bias=0.0, seed=0,
+                        grouping="grouped" if distribution else "towers")
+        model.compile(optimizer=keras.optimizers.Adam(3e-4), loss="sparse_categorical_crossentropy")
+        history = model.fit(**fit, epochs=5, verbose=0).history["loss"]
     assert history[-1] < 0.6 * history[0], history  # measured: 1.40 -> 0.53 (JAX), 1.41 -> 0.55 (PyTorch)
+    if distribution:  # the split held through training
+        kernel = model.get_layer("conv2").kernel.value
+        assert {s.data.shape for s in kernel.addressable_shards} == {(5, 5, 48, 128)}
+        assert len({s.device.id for s in kernel.addressable_shards}) == 2
     ok("training", "loss by epoch " + " ".join(f"{v:.3f}" for v in history))
 
 
@@ -272,8 +280,8 @@ def check_model_parallel(ref):
     """JAX: the paper's split over two devices (two CPU devices here, from
     ``XLA_FLAGS=--xla_force_host_platform_device_count=2``) with
     `keras_alexnet.backends.paper_model_parallel`. A two-tower model's weights go into the
-    sharded grouped network; each device then holds exactly one tower's kernels, the
-    predictions equal the unsharded network's, and a training step keeps the split."""
+    sharded grouped network; each device then holds exactly one tower's kernels and the
+    predictions equal the unsharded network's. (`check_training` trains under it.)"""
     import jax
     from keras import distribution as kd
 
@@ -317,13 +325,8 @@ def check_model_parallel(ref):
     assert placement() == expected, placement()
     fc8 = model.get_layer("fc8").kernel.value
     assert all(s.data.shape == fc8.shape for s in fc8.addressable_shards)  # replicated
-    with distribution.scope():
-        model.compile(optimizer=keras.optimizers.SGD(0.01, momentum=0.9), loss="sparse_categorical_crossentropy")
-        loss = model.fit(ref["photos"], ref["labels"], batch_size=16, epochs=1, verbose=0).history["loss"]
-    kernel = model.get_layer("conv2").kernel.value
-    assert np.isfinite(loss).all() and {s.data.shape for s in kernel.addressable_shards} == {(5, 5, 48, 128)}
-    assert {s.device.id for s in kernel.addressable_shards} == {d.id for d in devices}
     ok("model_parallel", f"two devices, one tower each; outputs within {diff:.1e} of the unsharded towers'")
+    return distribution
 
 
 def check_train_script(ref, folder):
@@ -381,8 +384,6 @@ if __name__ == "__main__":
     check_models(reference, folder)
     check_published_weights(reference)
     check_refusals(folder)
-    check_training(reference)
-    if BACKEND == "jax":
-        check_model_parallel(reference)
+    check_training(reference, check_model_parallel(reference) if BACKEND == "jax" else None)
     check_train_script(reference, folder)
     ok("all", BACKEND)

@@ -24,8 +24,8 @@ IMAGENETTE_VAL = REPO.parent / "shared" / "data" / "imagenette" / "val"
 VARIANT_MODELS = [(v, g) for v in ("paper", "bvlc_alexnet", "caffenet") for g in ("towers", "grouped", "none")]
 VARIANT_MODELS.append(("torchvision", "none"))
 CHECKS = ("no_tensorflow", "lrn", "grouped_conv", "channel_slice", "pca", "run_layer_test", "variants",
-          "model_old_run", "model_old_converted", "old_inputs", "published_weights", "refusals", "training",
-          "model_parallel", "train_script", "evaluate_script", "all")
+          "model_old_run", "model_old_converted", "old_inputs", "published_weights", "refusals", "model_parallel",
+          "training", "train_script", "evaluate_script", "all")
 # Written before the backends existed (tests/fixtures/make_old_dirs.py), on TensorFlow: a
 # trained run of the paper's network in two towers, and a converted bvlc_alexnet (its LRN
 # across both towers, then ChannelSlice) with random weights.

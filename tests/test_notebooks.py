@@ -6,8 +6,6 @@ import itertools
 import json
 import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import matplotlib.image
@@ -80,13 +78,11 @@ def kernel_env(**extra):
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
     """One tiny run as train.py writes it: the built-in default, 2 epochs of 5 steps."""
+    import train_cli
+
     run = tmp_path_factory.mktemp("notebooks") / "run"
-    proc = subprocess.run(
-        [sys.executable, str(REPO / "train.py"), "--output-dir", str(run), "--epochs", "2",
-         "--max-steps-per-epoch", "5", "--quiet"],
-        cwd=REPO, env=kernel_env(), capture_output=True, text=True, timeout=600,
-    )
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    code, out, err = train_cli.main(["--output-dir", run, "--epochs", "2", "--max-steps-per-epoch", "5", "--quiet"])
+    assert code == 0, out[-2000:] + err[-3000:]
     return run
 
 

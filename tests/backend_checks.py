@@ -160,15 +160,16 @@ def variant_kwargs(variant, grouping):
 def check_variants(ref, folder):
     """Every variant in every grouping (``VARIANT_MODELS``), built here with the arguments
     TensorFlow's was built with: the same parameter count; and TensorFlow's saved model of
-    it gives TensorFlow's outputs on real photos. JAX builds two of them, the paper's towers
-    and bvlc_alexnet's (its LRN across both towers), since each model costs JAX a second or
-    more of compiling; the grouped layout runs on JAX in `check_model_parallel`."""
+    it gives TensorFlow's outputs on real photos. JAX computes the outputs of two of them,
+    the paper's towers and bvlc_alexnet's (its LRN across both towers), since each model
+    costs JAX a second or more of compiling; the grouped layout runs on JAX in
+    `check_model_parallel` and `check_training`."""
     worst = 0.0
     for item in os.environ["VARIANT_MODELS"].split(","):
         variant, grouping = item.split(":")
+        assert AlexNet(**variant_kwargs(variant, grouping)).count_params() == int(ref[f"{variant}_{grouping}_params"]), item
         if BACKEND == "jax" and (variant, grouping) not in (("paper", "towers"), ("bvlc_alexnet", "towers")):
             continue
-        assert AlexNet(**variant_kwargs(variant, grouping)).count_params() == int(ref[f"{variant}_{grouping}_params"]), item
         loaded = keras.models.load_model(folder / f"{variant}_{grouping}.keras", safe_mode=True)
         diff = relative(numpy_of(loaded(ref["photos"])), ref[f"{variant}_{grouping}_outputs"])
         assert diff < 1e-5, (item, diff)

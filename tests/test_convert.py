@@ -370,15 +370,12 @@ MEASURED = {}
 
 @pytest.mark.slow
 @pytest.mark.parametrize("variant", ["bvlc_alexnet", "caffenet"])
-@pytest.mark.parametrize("fmt", ["current", "v1"])
-def test_caffe_conversion_equals_opencv(tmp_path, caffe_files, squares, variant, fmt):
+def test_caffe_conversion_equals_opencv(tmp_path, caffe_files, squares, variant):
+    fmt = "current"
     cv2, root = caffe_files["cv2"], caffe_files["root"]
     prototxt = root / f"{variant}.prototxt"
     caffemodel = caffe_files[variant, fmt]
-    # The V1 file is converted without the prototxt: its own layer list tells the variant.
-    model, out = convert.convert(
-        "caffe", caffemodel, tmp_path / "out", prototxt=prototxt if fmt == "current" else None
-    )
+    model, out = convert.convert("caffe", caffemodel, tmp_path / "out", prototxt=prototxt)
     assert model.variant == variant
     loaded, config, mean = convert.read_model_dir(out)
     assert config["source"]["variant"] == variant and mean is None
@@ -392,16 +389,32 @@ def test_caffe_conversion_equals_opencv(tmp_path, caffe_files, squares, variant,
     MEASURED[f"caffe {variant} {fmt} prob"] = assert_close(prob, prob_cv)
     conv1 = keras.Model(loaded.input, loaded.get_layer("conv1_a").output).predict(x, verbose=0)
     assert np.percentile(conv1[conv1 > 0], 90) > 50  # LRN's window sums matter
-    if fmt == "current":
-        # Negative controls: the other LRN order, or the paper's LRN, on the same weights.
-        other = "caffenet" if variant == "bvlc_alexnet" else "bvlc_alexnet"
-        controls = [dict(variant=other)]
-        if variant == "bvlc_alexnet":
-            controls.append(dict(variant=variant, lrn_bias=2.0, lrn_alpha=1e-4))
-        for kwargs in controls:
-            wrong = keras_alexnet.AlexNet(classifier_activation=None, **kwargs)
-            weight_files.assign_weights(wrong, weight_files.keras_weights_from_model(loaded), "test")
-            assert max_rel_diff(wrong.predict(x, verbose=0), fc8_cv) > 0.02
+    # Negative controls: the other LRN order, or the paper's LRN, on the same weights.
+    other = "caffenet" if variant == "bvlc_alexnet" else "bvlc_alexnet"
+    controls = [dict(variant=other)]
+    if variant == "bvlc_alexnet":
+        controls.append(dict(variant=variant, lrn_bias=2.0, lrn_alpha=1e-4))
+    for kwargs in controls:
+        wrong = keras_alexnet.AlexNet(classifier_activation=None, **kwargs)
+        weight_files.assign_weights(wrong, weight_files.keras_weights_from_model(loaded), "test")
+        assert max_rel_diff(wrong.predict(x, verbose=0), fc8_cv) > 0.02
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("variant", ["bvlc_alexnet", "caffenet"])
+def test_a_v1_caffemodel_converts_to_the_weights_of_its_current_format_twin(caffe_files, variant):
+    """Caffe's V1 file format (``layers``, enum layer types): read without the prototxt, its
+    own layer list tells the variant, and it gives the very weights of the current-format
+    file of the same net, which `test_caffe_conversion_equals_opencv` checks against OpenCV
+    (and OpenCV reads both formats alike: `test_opencv_reads_the_v1_file`)."""
+    v1_variant, v1 = weight_files.read_keras_weights(caffe_files[variant, "v1"])
+    current_variant, current = weight_files.caffe_keras_weights(
+        caffe_files[variant, "current"], caffe_files["root"] / f"{variant}.prototxt")
+    assert v1_variant == current_variant == variant
+    assert sorted(v1) == sorted(current)
+    for layer in current:
+        for a, b in zip(v1[layer], current[layer], strict=True):
+            np.testing.assert_array_equal(a, b, err_msg=layer)
 
 
 @pytest.mark.slow

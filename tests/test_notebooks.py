@@ -52,6 +52,28 @@ def execute(path, env):
     return nb
 
 
+def execute_in_one_kernel(paths, env, out_dirs):
+    """Runs notebooks one after another in one fresh kernel with ``env``, each from an
+    empty namespace (``%reset -f``) and with its own ``KERAS_ALEXNET_OUT``; returns each
+    executed. A notebook that leaned on another's variables fails here as it would alone;
+    what the kernel keeps is its imported modules (TensorFlow's import, about 5 s of CPU,
+    paid once instead of once per notebook)."""
+    notebooks = [nbformat.read(path, as_version=4) for path in paths]
+    combined = nbformat.v4.new_notebook()
+    spans = []
+    for nb, out in zip(notebooks, out_dirs):
+        combined.cells.append(nbformat.v4.new_code_cell(
+            f"%reset -f\nimport os\nos.environ[{notebook_utils.OUT_ENV!r}] = {str(out)!r}\ndel os"))
+        spans.append((len(combined.cells), len(combined.cells) + len(nb.cells)))
+        combined.cells.extend(nb.cells)
+    client = NotebookClient(combined, timeout=600, kernel_name="python3",
+                            resources={"metadata": {"path": str(NOTEBOOKS)}})
+    client.execute(env=env)
+    for nb, (start, stop) in zip(notebooks, spans):
+        nb.cells = combined.cells[start:stop]
+    return notebooks
+
+
 def stdout_of(nb):
     return "".join(
         out.get("text", "") for cell in code_cells(nb) for out in cell.outputs
@@ -118,10 +140,21 @@ def test_notebook_is_committed_clean(path):
     assert set(EXPECTED[path.name]) <= saved
 
 
+def executed_in_one_kernel(names, run, root):
+    """{name: (executed notebook, its figures folder)} of ``names`` run on ``run``."""
+    outs = [root / name.removesuffix(".ipynb") for name in names]
+    notebooks = execute_in_one_kernel([NOTEBOOKS / name for name in names], kernel_env(KERAS_ALEXNET_RUN=run), outs)
+    return dict(zip(names, zip(notebooks, outs)))
+
+
+@pytest.fixture(scope="module")
+def on_tiny_run(tiny_run, tmp_path_factory):
+    return executed_in_one_kernel(sorted(EXPECTED), tiny_run, tmp_path_factory.mktemp("on_tiny_run"))
+
+
 @pytest.mark.parametrize("name", sorted(EXPECTED))
-def test_notebook_runs_on_a_tiny_run(name, tiny_run, tmp_path):
-    out = tmp_path / "figures"
-    nb = execute(NOTEBOOKS / name, kernel_env(KERAS_ALEXNET_RUN=tiny_run, KERAS_ALEXNET_OUT=out))
+def test_notebook_runs_on_a_tiny_run(name, tiny_run, on_tiny_run):
+    nb, out = on_tiny_run[name]
     for figure in EXPECTED[name]:
         assert_figure(out / figure)
     printed = stdout_of(nb)
@@ -142,10 +175,15 @@ def converted_dir(tmp_path_factory):
 
 # 02 (activations) takes no path of its own for a converted model: its figure of a converted
 # directory is tests/test_convert.py::test_a_converted_directory_evaluates_and_draws_every_figure.
+@pytest.fixture(scope="module")
+def on_converted_dir(converted_dir, tmp_path_factory):
+    return executed_in_one_kernel(sorted(set(EXPECTED) - {"02_activations.ipynb"}), converted_dir,
+                                  tmp_path_factory.mktemp("on_converted_dir"))
+
+
 @pytest.mark.parametrize("name", sorted(set(EXPECTED) - {"02_activations.ipynb"}))
-def test_notebook_runs_on_a_converted_model_directory(name, converted_dir, tmp_path):
-    out = tmp_path / "figures"
-    nb = execute(NOTEBOOKS / name, kernel_env(KERAS_ALEXNET_RUN=converted_dir, KERAS_ALEXNET_OUT=out))
+def test_notebook_runs_on_a_converted_model_directory(name, converted_dir, on_converted_dir):
+    nb, out = on_converted_dir[name]
     printed = stdout_of(nb)
     assert f"run: {converted_dir}" in printed and "converted from" in printed
     if name == "04_training_curves.ipynb":  # a converted model has no training curves

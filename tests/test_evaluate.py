@@ -557,10 +557,9 @@ def test_predict_prints_imagenet_names_for_an_imagenet_run(tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_train_then_evaluate_and_predict(tmp_path):
+def test_train_then_evaluate_and_predict(tmp_path, capsys):
     # The synthetic dataset is drawn once per machine (~7 s) and reused, as train.py does.
     cache = Path(os.environ.get("KERAS_ALEXNET_CACHE", Path.home() / ".cache" / "keras_alexnet"))
-    env = dict(os.environ, KERAS_ALEXNET_CACHE=str(cache), TF_CPP_MIN_LOG_LEVEL="2")
     run = tmp_path / "run"
     # train.py in this process (its own process is tested elsewhere); float32 training:
     # evaluation always computes in float32 (runs.serving_model), so only then are its
@@ -578,14 +577,14 @@ def test_train_then_evaluate_and_predict(tmp_path):
     results = {}
     for crops in ("center", "ten"):
         out_file = tmp_path / f"{crops}.json"
-        argv = [sys.executable, "evaluate.py", "--top5", "--checkpoint", str(run), "--data-dir", str(data_dir),
-                "--results-file", str(out_file), "--quiet"]
-        if crops == "center":  # in this process; the ten-crop run is evaluate.py's own process
-            assert cli.main(argv[2:]) == 0
-        else:
+        # evaluate.py's main in this process (the script as a process: test_bad_paths_exit_2_before_loading_anything)
+        argv = ["--top5", "--checkpoint", str(run), "--data-dir", str(data_dir), "--results-file", str(out_file),
+                "--quiet"]
+        if crops == "ten":
             argv += ["--ten-crop", *(["--predict", *photos] if photos else [])]
-            proc = subprocess.run(argv, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
-            assert proc.returncode == 0, proc.stderr[-3000:]
+        capsys.readouterr()
+        assert cli.main(argv) == 0
+        printed = capsys.readouterr().out
         r = json.loads(out_file.read_text())
         results[crops] = r
         assert r["images"] == listed and r["skipped"] == 0 and r["num_classes"] == 8
@@ -601,7 +600,7 @@ def test_train_then_evaluate_and_predict(tmp_path):
         assert r["top5_error"] <= r["top1_error"]
         if crops == "ten" and photos:
             # The synthetic run names its classes after the shapes it draws.
-            ranked = [line for line in proc.stdout.splitlines() if re.match(r"\s+\d\.\s", line)]
+            ranked = [line for line in printed.splitlines() if re.match(r"\s+\d\.\s", line)]
             assert len(ranked) == 10
             names = {"disc", "square", "triangle", "ring", "cross", "stripes", "star", "checker"}
             assert all(line.split()[-1] in names for line in ranked)

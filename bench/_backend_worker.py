@@ -48,7 +48,7 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))  # keras_alexnet from this checkout, installed or not
 sys.path.insert(0, HERE)  # _common
-from _common import cpu_seconds, peak_rss_mib  # noqa: E402
+from _common import cpu_seconds, peak_rss_mib, synthetic_batch  # noqa: E402
 
 DEFAULTS = dict(
     kind="train",
@@ -73,17 +73,6 @@ DEFAULTS = dict(
 LRN_CONSTANTS = dict(depth_radius=2, bias=2.0, alpha=1e-4, beta=0.75)
 LRN_SHAPES = (("lrn1", (55, 55, 96), 1), ("lrn2", (27, 27, 256), 2))
 LRN_RTOL = 1e-5
-
-
-def synthetic_batch(batch, size=227, classes=1000, seed=0):
-    """The benchmark's fixed input: mean-subtracted-looking pixels and labels (NHWC).
-    A copy of _keras_worker.synthetic_batch (that module imports TensorFlow's helpers)."""
-    import numpy as np
-
-    rng = np.random.RandomState(seed)
-    x = (rng.uniform(0.0, 255.0, (batch, size, size, 3)) - 120.0).astype("float32")
-    y = rng.randint(0, classes, (batch,)).astype("int64")
-    return x, y
 
 
 def package_versions():

@@ -1,4 +1,5 @@
-"""What every benchmark records about the machine, and how it measures CPU time.
+"""What every benchmark records about the machine, how it measures CPU time, and the
+training workers' one synthetic input.
 
 Imports neither TensorFlow nor PyTorch (the workers run one framework per process):
 versions are read from the installed distributions, or from a module already imported.
@@ -78,3 +79,14 @@ def machine(*packages):
     ``packages`` and the date (UTC)."""
     return dict(cpu(), load_average_at_start=os.getloadavg(), **versions(*packages),
                 date_utc=now_utc())
+
+
+def synthetic_batch(batch, size=227, classes=1000, seed=0):
+    """The training workers' fixed input, the same draws in every framework: mean-subtracted-
+    looking pixels (NHWC float32) and labels."""
+    import numpy as np
+
+    rng = np.random.RandomState(seed)
+    x = (rng.uniform(0.0, 255.0, (batch, size, size, 3)) - 120.0).astype("float32")
+    y = rng.randint(0, classes, (batch,)).astype("int64")
+    return x, y

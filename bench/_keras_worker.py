@@ -23,7 +23,7 @@ Prints one line ``RESULT {...json...}`` on stdout. Keys of the config (all optio
   bfloat16 on CPUs without bfloat16 instructions does not blow the time budget);
   ``infer_steps`` / ``infer_min_steps`` / ``infer_max_seconds`` likewise for inference.
 
-Inputs are synthetic and the same in every worker (NumPy seed 0, see `synthetic_batch`),
+Inputs are synthetic and the same in every worker (NumPy seed 0, see `_common.synthetic_batch`),
 so the Keras and PyTorch workers time the same images.
 """
 
@@ -35,7 +35,7 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))  # keras_alexnet from this checkout, installed or not
 sys.path.insert(0, HERE)  # _common
-from _common import cpu_seconds, peak_rss_mib  # noqa: E402
+from _common import cpu_seconds, peak_rss_mib, synthetic_batch  # noqa: E402
 
 DEFAULTS = dict(
     kind="train",
@@ -59,16 +59,6 @@ DEFAULTS = dict(
     matmul_n_bf16=2048,
     classes=1000,
 )
-
-
-def synthetic_batch(batch, size=227, classes=1000, seed=0):
-    """The benchmark's fixed input: mean-subtracted-looking pixels and labels (NHWC)."""
-    import numpy as np
-
-    rng = np.random.RandomState(seed)
-    x = (rng.uniform(0.0, 255.0, (batch, size, size, 3)) - 120.0).astype("float32")
-    y = rng.randint(0, classes, (batch,)).astype("int64")
-    return x, y
 
 
 def _timing_callback(warmup_calls, min_calls, max_calls, max_seconds):

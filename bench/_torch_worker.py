@@ -24,7 +24,7 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)  # torch_alexnet, _common
-from _common import cpu_seconds, peak_rss_mib  # noqa: E402
+from _common import cpu_seconds, peak_rss_mib, synthetic_batch  # noqa: E402
 
 DEFAULTS = dict(
     kind="train",
@@ -46,13 +46,11 @@ DEFAULTS = dict(
 )
 
 
-def synthetic_batch(batch, size=227, classes=1000, seed=0):
-    # The same draws as _keras_worker.synthetic_batch (NHWC), transposed to NCHW.
+def nchw_batch(batch):
+    """`_common.synthetic_batch` (NHWC, the Keras workers' input), transposed to NCHW."""
     import numpy as np
 
-    rng = np.random.RandomState(seed)
-    x = (rng.uniform(0.0, 255.0, (batch, size, size, 3)) - 120.0).astype("float32")
-    y = rng.randint(0, classes, (batch,)).astype("int64")
+    x, y = synthetic_batch(batch)
     return np.ascontiguousarray(x.transpose(0, 3, 1, 2)), y
 
 
@@ -72,7 +70,7 @@ def run_train(cfg):
     torch.manual_seed(0)
     model = torch_alexnet.build(cfg["net"])
     params = torch_alexnet.count_params(model)
-    x, y = synthetic_batch(cfg["batch"])
+    x, y = nchw_batch(cfg["batch"])
     x, y = torch.from_numpy(x), torch.from_numpy(y)
     if cfg["layout"] == "cl":
         model = model.to(memory_format=torch.channels_last)

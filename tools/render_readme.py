@@ -125,25 +125,24 @@ def eval_table():
     return "\n".join(lines)
 
 
-def train_speed_table():
-    path = RESULTS / "train_speed.json"
+def _bench_table(script, results, function):
+    """``function`` of bench/``script`` applied to its saved ``results``. bench/ is not a
+    package: the script is loaded by path."""
+    path = RESULTS / results
     if not path.is_file():
-        return f"(no {path.relative_to(ROOT)} yet: run `python bench/bench_train.py`)"
-    # bench/ is not a package: load bench_train.py by path for its table function.
-    spec = importlib.util.spec_from_file_location("bench_train", ROOT / "bench" / "bench_train.py")
+        return f"(no {path.relative_to(ROOT)} yet: run `python bench/{script}`)"
+    spec = importlib.util.spec_from_file_location(Path(script).stem, ROOT / "bench" / script)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    return module.render_table(json.loads(path.read_text()))
+    return getattr(module, function)(json.loads(path.read_text()))
+
+
+def train_speed_table():
+    return _bench_table("bench_train.py", "train_speed.json", "render_table")
 
 
 def backends_table():
-    path = RESULTS / "backends.json"
-    if not path.is_file():
-        return f"(no {path.relative_to(ROOT)} yet: run `python bench/bench_backends.py`)"
-    spec = importlib.util.spec_from_file_location("bench_backends", ROOT / "bench" / "bench_backends.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.table_markdown(json.loads(path.read_text()))
+    return _bench_table("bench_backends.py", "backends.json", "table_markdown")
 
 
 def _recipe_changes(config):

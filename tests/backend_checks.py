@@ -20,7 +20,7 @@ sys.path.insert(0, str(REPO))
 
 import keras  # noqa: E402
 
-import keras_alexnet  # noqa: E402
+import keras_alexnet  # noqa: E402, F401  (its __init__: the layers registered, the TensorFlow import hook)
 from keras_alexnet import layers  # noqa: E402
 from keras_alexnet.model import AlexNet  # noqa: E402
 
@@ -284,7 +284,6 @@ def check_model_parallel(ref):
     sharded grouped network; each device then holds exactly one tower's kernels and the
     predictions equal the unsharded network's. (`check_training` trains under it.)"""
     import jax
-    from keras import distribution as kd
 
     from keras_alexnet.backends import paper_model_parallel
     from keras_alexnet.model import towers_to_grouped

@@ -1,19 +1,15 @@
-"""Fault injection for tests/test_robust_runs.py: `inject` patches the training code in
-this process (tests call it with ``monkeypatch.setattr``); run as a script, it injects
-the fault named by FAULT, then runs train.py.
+"""Fault injection for the tests of long runs: `inject` patches the training code in this
+process (tests call it with ``monkeypatch.setattr``) before train.py's main runs in it.
 
 FAULT:
 - ``lr:E:VALUE``: the learning rate becomes VALUE at the first start of epoch E
   (1-based), as if the rate jumped once: a later epoch diverges, deterministically;
 - ``enospc-save:NAME``: ``model.save`` of the temporary file of NAME (e.g.
   ``epoch-0002.keras``) writes half the file, then fails with ENOSPC (a full disk).
-Usage: FAULT=... python fault_worker.py TRAIN_FLAGS...
 """
 
 import errno
 import os
-import runpy
-import sys
 from pathlib import Path
 
 import keras
@@ -47,9 +43,3 @@ def inject(fault, setattr=setattr):
         setattr(keras.Model, "save", save)
     else:
         raise ValueError(f"unknown FAULT {kind!r}")
-
-
-if __name__ == "__main__":
-    inject(os.environ["FAULT"])
-    sys.argv = ["train.py", *sys.argv[1:]]
-    runpy.run_path(str(Path(__file__).resolve().parents[1] / "train.py"), run_name="__main__")

@@ -2,9 +2,11 @@
 directory, a failed write loses nothing, damaged state is never a traceback,
 decompression bombs are skipped, and the files a failed write leaves (kills: tests/test_kills.py).
 
-train.py runs as a subprocess only where the process is the point: once per exit status
-(divergence 3, full disk 4, a second writer 2), and for every kill; everything else calls
-its main in this process (tests/train_cli.py)."""
+train.py runs as a subprocess only where the process is the point: a second writer (exit
+status 2, which takes a second process) and every kill. The other statuses (divergence 3, full
+disk 4) are what train.py's main returns in this process (tests/train_cli.py), which
+``sys.exit(main())`` makes the process's; tests/test_data_service.py sees status 5 from a
+process."""
 
 import errno
 import io
@@ -36,10 +38,8 @@ def tiny_data(tmp_path_factory):
 
 def test_first_epoch_divergence_exits_3_and_writes_no_model(tmp_path, tiny_data):
     run_dir = tmp_path / "run"
-    proc = run_train(flags(tiny_data, run_dir, 3, "--lr", "1e6"))
-    assert proc.returncode == 3, proc.stderr[-3000:]
-    no_traceback(proc)
-    err = proc.stderr
+    code, out, err = train_cli.main(flags(tiny_data, run_dir, 3, "--lr", "1e6"))
+    assert code == 3, err[-3000:]
     # Seen both: the loss of step 2 non-finite, or finite with the weights after it NaN
     # (then the end-of-epoch check finds a NaN val_loss before anything is saved).
     assert re.search(r"training diverged: (loss (nan|inf) at step [12] of 2 of epoch 1 |"
@@ -161,11 +161,12 @@ def test_second_writer_exits_2_naming_the_holder(tmp_path, tiny_data, monkeypatc
 def test_full_disk_exits_4_leaves_nothing_and_the_same_command_resumes(tmp_path, tiny_data):
     run_dir = tmp_path / "run"
     args = flags(tiny_data, run_dir, 2)
-    proc = run_train(args, "tests/fault_worker.py", FAULT="enospc-save:epoch-0002.keras")
-    assert proc.returncode == 4, proc.stderr[-3000:]
-    no_traceback(proc)
+    with pytest.MonkeyPatch.context() as patch:
+        fault_worker.inject("enospc-save:epoch-0002.keras", patch.setattr)
+        code, out, err = train_cli.main(args)
+    assert code == 4, err[-3000:]
     assert (f"Cannot write {run_dir}/checkpoints/epoch-0002.keras: No space left on device "
-            "(the disk is full: free some space, then run the same command again") in proc.stderr
+            "(the disk is full: free some space, then run the same command again") in err
     assert leftovers(run_dir) == []  # the half-written .tmp-epoch-0002.keras is gone
     assert sorted(p.name for p in (run_dir / run_files.CHECKPOINTS_DIR).iterdir()) == [
         "epoch-0001.json", "epoch-0001.keras"]

@@ -11,6 +11,7 @@ from bench/results/*.json, the training-speed one by bench/bench_train.py's own
 """
 
 import argparse
+import functools
 import importlib.util
 import json
 import re
@@ -33,11 +34,22 @@ def _machine(m):
     return ", ".join(parts)
 
 
-def pipeline_table():
-    path = RESULTS / "pipeline.json"
-    if not path.is_file():
-        return f"(no {path.relative_to(ROOT)} yet: run `python bench/bench_pipeline.py`)"
-    d = json.loads(path.read_text())
+def from_results(results, script):
+    """A table function's decorator: it is called with bench/results/``results`` read, or
+    the table says which ``script`` writes that file."""
+    def wrap(table):
+        @functools.wraps(table)
+        def render():
+            path = RESULTS / results
+            if not path.is_file():
+                return f"(no {path.relative_to(ROOT)} yet: run `python bench/{script}`)"
+            return table(json.loads(path.read_text()))
+        return render
+    return wrap
+
+
+@from_results("pipeline.json", "bench_pipeline.py")
+def pipeline_table(d):
     lines = ["| input pipeline (real JPEGs) | images/s | CPU ms / image | images/s per busy core | per-core ratio to PIL |",
              "|---|---|---|---|---|"]
     for name, r in d["summary"].items():
@@ -48,11 +60,8 @@ def pipeline_table():
     return "\n".join(lines)
 
 
-def prepared_table():
-    path = RESULTS / "prepared_pipeline.json"
-    if not path.is_file():
-        return f"(no {path.relative_to(ROOT)} yet: run `python bench/bench_prepared.py`)"
-    d = json.loads(path.read_text())
+@from_results("prepared_pipeline.json", "bench_prepared.py")
+def prepared_table(d):
     lines = ["| training input, same photos | images/s | CPU ms / image | images/s per busy core | x raw folder | x PIL peer |",
              "|---|---|---|---|---|---|"]
     for name, r in d["summary"].items():
@@ -75,11 +84,8 @@ def prepared_table():
 A100_IMAGES_PER_S = 16_500
 
 
-def prepared_vs_raw_table():
-    path = RESULTS / "prepared_vs_raw.json"
-    if not path.is_file():
-        return f"(no {path.relative_to(ROOT)} yet: run `python bench/bench_prepared_vs_raw.py`)"
-    d = json.loads(path.read_text())
+@from_results("prepared_vs_raw.json", "bench_prepared_vs_raw.py")
+def prepared_vs_raw_table(d):
     lines = ["| training input | final validation top-1 error, by seed | mean | sd |", "|---|---|---|---|"]
     for name, r in d["summary"].items():
         lines.append(f"| {name} | {' / '.join(f'{e:.1%}' for e in r['finals'])} | {r['final_mean']:.1%} | "
@@ -94,11 +100,8 @@ def prepared_vs_raw_table():
     return "\n".join(lines)
 
 
-def encoding_table():
-    path = RESULTS / "prepare_encoding.json"
-    if not path.is_file():
-        return f"(no {path.relative_to(ROOT)} yet: run `python bench/bench_prepare_encoding.py`)"
-    d = json.loads(path.read_text())
+@from_results("prepare_encoding.json", "bench_prepare_encoding.py")
+def encoding_table(d):
     lines = ["| stored 256x256 square | KB / image | decode ms / image (1 thread) | max / mean abs difference to the on-the-fly square |",
              "|---|---|---|---|"]
     for name, r in d["results"].items():
@@ -110,11 +113,8 @@ def encoding_table():
     return "\n".join(lines)
 
 
-def eval_table():
-    path = RESULTS / "eval_speed.json"
-    if not path.is_file():
-        return f"(no {path.relative_to(ROOT)} yet: run `python bench/bench_eval.py`)"
-    d = json.loads(path.read_text())
+@from_results("eval_speed.json", "bench_eval.py")
+def eval_table(d):
     lines = ["| evaluation, batch %d | images/s | crops/s | CPU ms / image |" % d["batch_size"], "|---|---|---|---|"]
     for name, r in d["summary"].items():
         lines.append(f"| {name} | {r['images_per_s']:.1f} | {r.get('crops_per_s', r['images_per_s']):.1f} | "
@@ -125,24 +125,22 @@ def eval_table():
     return "\n".join(lines)
 
 
-def _bench_table(script, results, function):
-    """``function`` of bench/``script`` applied to its saved ``results``. bench/ is not a
-    package: the script is loaded by path."""
-    path = RESULTS / results
-    if not path.is_file():
-        return f"(no {path.relative_to(ROOT)} yet: run `python bench/{script}`)"
+def _bench_function(script, function):
+    """``function`` of bench/``script``. bench/ is not a package: the script is loaded by path."""
     spec = importlib.util.spec_from_file_location(Path(script).stem, ROOT / "bench" / script)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    return getattr(module, function)(json.loads(path.read_text()))
+    return getattr(module, function)
 
 
-def train_speed_table():
-    return _bench_table("bench_train.py", "train_speed.json", "render_table")
+@from_results("train_speed.json", "bench_train.py")
+def train_speed_table(d):
+    return _bench_function("bench_train.py", "render_table")(d)
 
 
-def backends_table():
-    return _bench_table("bench_backends.py", "backends.json", "table_markdown")
+@from_results("backends.json", "bench_backends.py")
+def backends_table(d):
+    return _bench_function("bench_backends.py", "table_markdown")(d)
 
 
 def _recipe_changes(config):

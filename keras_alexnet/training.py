@@ -254,6 +254,10 @@ def compile_model(model, recipe, settings):
         jit_compile=settings.xla,
         steps_per_execution=settings.steps_per_execution,
     )
+    # Built now, not inside the first traced train step: TensorFlow traces a function
+    # again when its first trace created variables (the momentum slots), which cost every
+    # run about 0.8 s of CPU at start (the tiny preset's 4.5 s). Layers are already frozen.
+    model.optimizer.build(model.trainable_variables)
     return model
 
 

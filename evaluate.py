@@ -85,13 +85,15 @@ def parse_args(argv=None):
     return args
 
 
-def main(argv=None):
+def main(argv=None, own_process=False):
     args = parse_args(argv)
     if args.verbose:  # read when the package first imports TensorFlow (keras_alexnet/console.py)
         os.environ["KERAS_ALEXNET_VERBOSE"] = "1"
 
     # Heavy imports only after the flags are known to be good.
-    from keras_alexnet import datasets, evaluation, pretrained, run_files, runs, sources
+    from keras_alexnet import datasets, evaluation, pretrained, run_files, runs, sources, startup
+    if own_process:  # run from the shell, not called by a notebook or test
+        startup.own_process()
 
     crops = "ten" if args.ten_crop else "center"
     try:
@@ -135,4 +137,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(own_process=True))

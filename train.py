@@ -162,7 +162,7 @@ def parse_args(argv=None):
     return args, p
 
 
-def main(argv=None):
+def main(argv=None, own_process=False):
     args, parser = parse_args(argv)
     if args.verbose:  # read when the package first imports TensorFlow (keras_alexnet/console.py)
         os.environ["KERAS_ALEXNET_VERBOSE"] = "1"
@@ -171,7 +171,9 @@ def main(argv=None):
     output_dir = args.output_dir or f"runs/{'default' if builtin else preset}"
 
     # Heavy imports only after the flags are known to be good.
-    from keras_alexnet import backends, callbacks, figures, finetune, hardware, preprocessing, recipes, run_files, sources, synthetic, training
+    from keras_alexnet import backends, callbacks, figures, finetune, hardware, preprocessing, recipes, run_files, sources, startup, synthetic, training
+    if own_process:  # run from the shell, not called by a notebook or test
+        startup.own_process()
 
     # Multi-worker collectives must be configured before TensorFlow runs any op.
     try:
@@ -289,4 +291,4 @@ def divergence_message(error, argv, base_lr):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(own_process=True))

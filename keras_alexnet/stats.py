@@ -341,4 +341,7 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
+    from keras_alexnet import startup
+
+    startup.own_process()  # the package is imported: freeze it (keras_alexnet/startup.py)
     main()

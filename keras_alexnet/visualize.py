@@ -133,8 +133,9 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    from keras_alexnet import pretrained, run_files, sources
+    from keras_alexnet import pretrained, run_files, sources, startup
 
+    startup.own_process()  # the package is imported: freeze it (keras_alexnet/startup.py)
     try:
         main()
     except (run_files.RunError, sources.DatasetError, pretrained.WeightsError, FileNotFoundError) as e:

@@ -68,3 +68,12 @@ def pytest_collection_modifyitems(items):
     rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
     items.sort(key=lambda item: rank.get(item.path.name, len(rank)))
 
+
+def pytest_collection_finish(session):
+    # This test process owns itself, as train.py does: what collection imported (TensorFlow,
+    # Keras, the package) is moved out of the garbage collector's passes
+    # (keras_alexnet/startup.py).
+    from keras_alexnet import startup
+
+    startup.own_process()
+

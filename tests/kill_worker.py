@@ -14,9 +14,9 @@ import signal
 import sys
 from pathlib import Path
 
-import keras
+from keras_alexnet import callbacks  # first: the package imports TensorFlow quietly and cheaply
 
-from keras_alexnet import callbacks
+import keras
 
 
 def die():

@@ -1,6 +1,7 @@
 """keras_alexnet.preprocess_input / decode_predictions: the run's preprocessing and
 class names, the keras.applications way."""
 
+import gc
 import subprocess
 import sys
 
@@ -11,7 +12,7 @@ import tensorflow as tf
 import alexnet_dirs
 
 import keras_alexnet
-from keras_alexnet import applications, data, evaluation, runs, sources
+from keras_alexnet import applications, data, evaluation, runs, sources, startup
 
 
 @pytest.fixture(scope="module")
@@ -124,7 +125,11 @@ def test_decode_predictions_gives_a_compact_runs_own_names(model_dirs):
 
 
 def test_importing_the_package_stays_light():
-    code = ("import sys, keras_alexnet; assert 'keras_alexnet.runs' not in sys.modules; "
+    """The package's import loads no more than the model needs, and leaves the caller's
+    garbage collector as it found it: paused for the import (keras_alexnet/startup.py),
+    then back to the caller's setting (here off), nothing frozen."""
+    code = ("import gc, sys; gc.disable(); import keras_alexnet; assert 'keras_alexnet.runs' not in sys.modules; "
+            "assert not gc.isenabled() and gc.get_freeze_count() == 0; "
             "from keras_alexnet import preprocess_input, decode_predictions; "
             "assert 'keras_alexnet.applications' in sys.modules; print('ok')")
     out = subprocess.run([sys.executable, "-c", code], cwd=alexnet_dirs.REPO, capture_output=True,
@@ -132,3 +137,12 @@ def test_importing_the_package_stays_light():
                                          "PATH": "/usr/bin:/bin"})
     assert out.stdout.strip().endswith("ok"), out.stderr[-2000:]
     assert keras_alexnet.preprocess_input is applications.preprocess_input
+    assert gc.isenabled()  # this process imported it with the collector on
+
+
+def test_the_collector_is_restored_when_the_paused_block_raises():
+    with pytest.raises(ImportError):
+        with startup.collector_paused():
+            assert not gc.isenabled()
+            raise ImportError("a broken install")
+    assert gc.isenabled()

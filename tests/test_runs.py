@@ -15,7 +15,7 @@ from keras_alexnet import data, run_files, runs, sources, stats as stats_lib, tr
 PACKAGE = Path(__file__).resolve().parents[1] / "keras_alexnet"
 # The layers, bottom first: a module may import only modules of its own layer or below.
 LAYERS = [
-    {"console", "backends", "keras_compat", "imagenet", "recipes", "synthetic", "metrics", "images",
+    {"console", "startup", "backends", "keras_compat", "imagenet", "recipes", "synthetic", "metrics", "images",
      "weight_readers", "variants", "hardware", "analysis"},
     {"layers", "preprocessing", "sources"},
     {"datasets"},  # the prepared directories' format, and which source a --data-dir names

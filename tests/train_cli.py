@@ -4,6 +4,7 @@ process itself (kills, the lock between two processes, the console, the status a
 sees for each exit code) start train.py as a subprocess instead."""
 
 import contextlib
+import gc
 import importlib.util
 import io
 from pathlib import Path
@@ -20,6 +21,7 @@ _spec.loader.exec_module(train_script)
 def main(argv):
     """(exit status, stdout, stderr) of ``train.main(argv)``; an exception escaping it (what
     a user would see as a traceback) fails the calling test."""
+    frozen = gc.get_freeze_count()
     out, err = io.StringIO(), io.StringIO()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
         try:
@@ -29,4 +31,7 @@ def main(argv):
     # keras_alexnet.training.train puts the caller's dtype policy back: a test after this one
     # must not run in the run's precision.
     assert keras.mixed_precision.global_policy().name == "float32", "train() leaked its policy"
+    # Only a process of train.py's own freezes its objects (keras_alexnet/startup.py); frozen
+    # objects that died meanwhile leave the count, nothing else enters it.
+    assert gc.get_freeze_count() <= frozen, "train.py's main froze its caller's objects"
     return code, out.getvalue(), err.getvalue()

@@ -42,28 +42,24 @@ def code_cells(nb):
     return [cell for cell in nb.cells if cell.cell_type == "code"]
 
 
-def execute(path, env):
-    """Runs a notebook top to bottom in a fresh kernel with ``env``; returns it executed
-    (a failing cell raises `nbclient.exceptions.CellExecutionError` with its traceback)."""
-    nb = nbformat.read(path, as_version=4)
-    client = NotebookClient(nb, timeout=600, kernel_name="python3",
-                            resources={"metadata": {"path": str(NOTEBOOKS)}})
-    client.execute(env=env)
-    return nb
-
-
-def execute_in_one_kernel(paths, env, out_dirs):
-    """Runs notebooks one after another in one fresh kernel with ``env``, each from an
-    empty namespace (``%reset -f``) and with its own ``KERAS_ALEXNET_OUT``; returns each
-    executed. A notebook that leaned on another's variables fails here as it would alone;
-    what the kernel keeps is its imported modules (TensorFlow's import, about 5 s of CPU,
-    paid once instead of once per notebook)."""
-    notebooks = [nbformat.read(path, as_version=4) for path in paths]
+def execute_in_one_kernel(jobs):
+    """Runs notebooks one after another in one fresh kernel; ``jobs`` is a list of
+    (notebook path, its environment variables). Each starts from an empty namespace
+    (``%reset -f``) with exactly its own `notebook_utils` and cache variables set (the
+    package reads them when called); returns each executed, in order. A notebook that
+    leaned on another's variables fails here as it would alone; what the kernel keeps is
+    its imported modules (TensorFlow's import, paid once instead of once per notebook; a
+    kernel's start and exit cost about 5 s of CPU)."""
+    env = kernel_env()
+    notebooks = [nbformat.read(path, as_version=4) for path, _ in jobs]
     combined = nbformat.v4.new_notebook()
     spans = []
-    for nb, out in zip(notebooks, out_dirs):
+    for nb, (_, variables) in zip(notebooks, jobs):
+        # The kernel's own value (or none) of each variable the job does not set.
+        wanted = {k: env[k] for k in NOTEBOOK_VARIABLES if k in env} | {k: str(v) for k, v in variables.items()}
         combined.cells.append(nbformat.v4.new_code_cell(
-            f"%reset -f\nimport os\nos.environ[{notebook_utils.OUT_ENV!r}] = {str(out)!r}\ndel os"))
+            f"%reset -f\nimport os\n[os.environ.pop(name, None) for name in "
+            f"{sorted(set(NOTEBOOK_VARIABLES) - set(wanted))!r}]\nos.environ.update({wanted!r})\ndel os"))
         spans.append((len(combined.cells), len(combined.cells) + len(nb.cells)))
         combined.cells.extend(nb.cells)
     client = NotebookClient(combined, timeout=600, kernel_name="python3",
@@ -89,11 +85,14 @@ def assert_figure(path):
     assert float(pixels[..., :3].std()) > 0.05, f"{path} is (nearly) blank"
 
 
-def kernel_env(**extra):
+# What a notebook reads from the environment that an execution may set for itself.
+NOTEBOOK_VARIABLES = (notebook_utils.RUN_ENV, notebook_utils.OUT_ENV, synthetic.CACHE_ENV)
+
+
+def kernel_env():
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
     env.pop(notebook_utils.RUN_ENV, None)
     env.pop(notebook_utils.OUT_ENV, None)
-    env.update({k: str(v) for k, v in extra.items()})
     return env
 
 
@@ -140,30 +139,6 @@ def test_notebook_is_committed_clean(path):
     assert set(EXPECTED[path.name]) <= saved
 
 
-def executed_in_one_kernel(names, run, root):
-    """{name: (executed notebook, its figures folder)} of ``names`` run on ``run``."""
-    outs = [root / name.removesuffix(".ipynb") for name in names]
-    notebooks = execute_in_one_kernel([NOTEBOOKS / name for name in names], kernel_env(KERAS_ALEXNET_RUN=run), outs)
-    return dict(zip(names, zip(notebooks, outs)))
-
-
-@pytest.fixture(scope="module")
-def on_tiny_run(tiny_run, tmp_path_factory):
-    return executed_in_one_kernel(sorted(EXPECTED), tiny_run, tmp_path_factory.mktemp("on_tiny_run"))
-
-
-@pytest.mark.parametrize("name", sorted(EXPECTED))
-def test_notebook_runs_on_a_tiny_run(name, tiny_run, on_tiny_run):
-    nb, out = on_tiny_run[name]
-    for figure in EXPECTED[name]:
-        assert_figure(out / figure)
-    printed = stdout_of(nb)
-    assert f"run: {tiny_run}" in printed
-    assert re.search(READINGS[name], printed), printed
-    # Figures show in the notebook too, not only as files.
-    assert any("image/png" in o.get("data", {}) for c in code_cells(nb) for o in c.outputs)
-
-
 @pytest.fixture(scope="module")
 def converted_dir(tmp_path_factory):
     """A model directory as keras_alexnet.convert writes it (Caffe's BGR input and channel
@@ -175,15 +150,47 @@ def converted_dir(tmp_path_factory):
 
 # 02 (activations) takes no path of its own for a converted model: its figure of a converted
 # directory is tests/test_convert.py::test_a_converted_directory_evaluates_and_draws_every_figure.
+ON_CONVERTED = sorted(set(EXPECTED) - {"02_activations.ipynb"})
+
+
 @pytest.fixture(scope="module")
-def on_converted_dir(converted_dir, tmp_path_factory):
-    return executed_in_one_kernel(sorted(set(EXPECTED) - {"02_activations.ipynb"}), converted_dir,
-                                  tmp_path_factory.mktemp("on_converted_dir"))
+def executed(tiny_run, converted_dir, tmp_path_factory):
+    """Every notebook on the tiny run, the notebooks that take a converted model directory
+    on one, and 04 with no run at all (it trains the built-in default into a fresh cache,
+    where the synthetic dataset, drawn once per machine as train.py does, is linked in),
+    in one kernel: {(case, name): (executed notebook, its figures folder)}."""
+    root = tmp_path_factory.mktemp("executed")
+    cache = root / "cache"
+    cache.mkdir()
+    (cache / "synthetic").symlink_to(synthetic.default_dataset())
+    cases = [("tiny_run", name, {notebook_utils.RUN_ENV: tiny_run}) for name in sorted(EXPECTED)]
+    cases += [("converted", name, {notebook_utils.RUN_ENV: converted_dir}) for name in ON_CONVERTED]
+    cases += [("default", "04_training_curves.ipynb", {synthetic.CACHE_ENV: cache})]
+    jobs, outs = [], []
+    for case, name, variables in cases:
+        outs.append(root / case / name.removesuffix(".ipynb"))
+        jobs.append((NOTEBOOKS / name, {**variables, notebook_utils.OUT_ENV: outs[-1]}))
+    notebooks = execute_in_one_kernel(jobs)
+    executed = {(case, name): (nb, out) for (case, name, _), nb, out in zip(cases, notebooks, outs)}
+    executed["cache"] = cache
+    return executed
 
 
-@pytest.mark.parametrize("name", sorted(set(EXPECTED) - {"02_activations.ipynb"}))
-def test_notebook_runs_on_a_converted_model_directory(name, converted_dir, on_converted_dir):
-    nb, out = on_converted_dir[name]
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_notebook_runs_on_a_tiny_run(name, tiny_run, executed):
+    nb, out = executed["tiny_run", name]
+    for figure in EXPECTED[name]:
+        assert_figure(out / figure)
+    printed = stdout_of(nb)
+    assert f"run: {tiny_run}" in printed
+    assert re.search(READINGS[name], printed), printed
+    # Figures show in the notebook too, not only as files.
+    assert any("image/png" in o.get("data", {}) for c in code_cells(nb) for o in c.outputs)
+
+
+@pytest.mark.parametrize("name", ON_CONVERTED)
+def test_notebook_runs_on_a_converted_model_directory(name, converted_dir, executed):
+    nb, out = executed["converted", name]
     printed = stdout_of(nb)
     assert f"run: {converted_dir}" in printed and "converted from" in printed
     if name == "04_training_curves.ipynb":  # a converted model has no training curves
@@ -194,18 +201,10 @@ def test_notebook_runs_on_a_converted_model_directory(name, converted_dir, on_co
     assert "mean: channel" in printed  # the model's own preprocessing, from its config.json
 
 
-@pytest.mark.slow
-def test_notebook_without_a_run_trains_the_default(tmp_path):
-    # A fresh cache, so the default run is trained here; the synthetic dataset itself is
-    # drawn once per machine (as train.py does) and linked in.
-    cache = tmp_path / "cache"
-    cache.mkdir()
-    (cache / "synthetic").symlink_to(synthetic.default_dataset())
-    out = tmp_path / "figures"
-    nb = execute(NOTEBOOKS / "04_training_curves.ipynb",
-                 kernel_env(KERAS_ALEXNET_CACHE=cache, KERAS_ALEXNET_OUT=out))
+def test_notebook_without_a_run_trains_the_default(executed):
+    nb, out = executed["default", "04_training_curves.ipynb"]
     assert "training the built-in default" in stdout_of(nb)
-    run = cache / notebook_utils.DEFAULT_RUN
+    run = executed["cache"] / notebook_utils.DEFAULT_RUN
     assert (run / "best.keras").is_file()
     assert len(run_files.read_metrics(run)["epoch"]) == notebook_utils.BRIEF_EPOCHS
     assert_figure(out / "training_curves.png")

@@ -23,7 +23,7 @@ import keras
 import tensorflow as tf
 
 from keras_alexnet import preprocessing as pre_lib
-from keras_alexnet.images import decode_square, load_image
+from keras_alexnet.images import decode_square, load_image, no_autograph
 from keras_alexnet.layers import (
     IMAGENET_EIGENVALUES,
     IMAGENET_EIGENVECTORS,
@@ -203,16 +203,16 @@ def _examples(source, shuffle, seed, num_shards, shard_index, shuffle_buffer):
         order = (
             tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True)
             .take(1)
-            .map(
+            .map(no_autograph(
                 lambda key: tf.random.experimental.stateless_shuffle(
                     tf.range(count), seed=tf.stack([key, tf.constant(count, tf.int64)])
                 )
-            )
+            ))
             .unbatch()
         )
     else:
         order = tf.data.Dataset.range(count)
-    return order.map(lambda i: (tf.gather(paths, i), tf.gather(labels, i)))
+    return order.map(no_autograph(lambda i: (tf.gather(paths, i), tf.gather(labels, i))))
 
 
 def _views(ds, view, view_shape, counter, seeds=None, drop_errors=True):
@@ -227,7 +227,7 @@ def _views(ds, view, view_shape, counter, seeds=None, drop_errors=True):
         seeds = tf.data.Dataset.from_tensors(tf.zeros([2], tf.int64)).repeat()
     if counter is None:
         ds = tf.data.Dataset.zip((ds, seeds)).map(
-            lambda example, seed: (view(example[0], seed), example[1]),
+            no_autograph(lambda example, seed: (view(example[0], seed), example[1])),
             num_parallel_calls=tf.data.AUTOTUNE,
             deterministic=True,
         )
@@ -244,12 +244,12 @@ def _views(ds, view, view_shape, counter, seeds=None, drop_errors=True):
         return index, image, label
 
     ds = tf.data.Dataset.zip((ds, seeds)).map(
-        guarded_view, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True
+        no_autograph(guarded_view), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True
     )
     if drop_errors:
         ds = ds.ignore_errors(log_warning=True)
-    ds = ds.scan(tf.constant(-1, tf.int64), counter.count)
-    return ds.filter(lambda image, label: label >= 0)
+    ds = ds.scan(tf.constant(-1, tf.int64), no_autograph(counter.count))
+    return ds.filter(no_autograph(lambda image, label: label >= 0))
 
 
 def _batch(ds, batch_size, drop_remainder, num_shards):
@@ -353,9 +353,10 @@ def training_dataset(
             eigenvalues, eigenvectors = IMAGENET_EIGENVALUES, IMAGENET_EIGENVECTORS
         pca = PCAColorAugmentation(eigenvalues, eigenvectors, stddev=pca_stddev, seed=seed)
         # Sequential map: the layer's RNG state advances once per batch, in order.
-        ds = ds.map(lambda images, labels: (pca(images, training=True), labels))
+        ds = ds.map(no_autograph(lambda images, labels: (pca(images, training=True), labels)))
     if pre.std is not None or pre.channel_order != "RGB":
-        ds = ds.map(lambda images, labels: (pre_lib.normalize(images, pre.std, pre.channel_order), labels))
+        ds = ds.map(no_autograph(lambda images, labels: (pre_lib.normalize(images, pre.std, pre.channel_order),
+                                                         labels)))
     if data_service:
         ds = ds.apply(tf.data.experimental.service.distribute(
             processing_mode=SERVICE_PROCESSING_MODE, service=data_service))
@@ -383,11 +384,12 @@ def _service_views(source, view, seed, shuffle_buffer):
         paths, labels = tf.constant(source.paths), tf.constant(source.labels)
         ds = (tf.data.Dataset.range(source.num_examples)
               .shuffle(min(source.num_examples, shuffle_buffer), seed=seed, reshuffle_each_iteration=True)
-              .map(lambda i: (tf.gather(paths, i), tf.gather(labels, i))))
+              .map(no_autograph(lambda i: (tf.gather(paths, i), tf.gather(labels, i)))))
     else:
         raise DatasetError(f"{source.location}: a TFDS source cannot be split between tf.data service "
                            "workers here; prepare it (python -m keras_alexnet.prepare) or use a folder.")
-    ds = ds.map(lambda data, label: (view(data, tf.random.uniform([2], maxval=2**62, dtype=tf.int64)), label),
+    ds = ds.map(no_autograph(lambda data, label: (view(data, tf.random.uniform([2], maxval=2**62, dtype=tf.int64)),
+                                                  label)),
                 num_parallel_calls=tf.data.AUTOTUNE)
     return ds if source.element == "square" else ds.ignore_errors(log_warning=True)
 

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
+from keras_alexnet.images import no_autograph
 from keras_alexnet.sources import (
     SPLIT_ALIASES,
     DatasetError,
@@ -171,7 +172,7 @@ def prepared_records(files, label_map=None, shuffle=False, seed=None):
         cycle_length=min(len(files), 16) if shuffle else 1,
         num_parallel_calls=tf.data.AUTOTUNE,
         deterministic=True,
-    ).map(parse, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    ).map(no_autograph(parse), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
 
 
 def prepared_source(data_dir, split="train", *, class_index="auto", class_names=None):

@@ -53,6 +53,7 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
+from keras_alexnet.images import no_autograph
 from keras_alexnet.imagenet import WNID_PATTERN, imagenet_class_names, imagenet_validation_wnids
 
 IMAGE_EXTENSIONS = (".jpeg", ".jpg", ".png", ".bmp", ".gif")
@@ -440,7 +441,7 @@ def tfds_source(
             label = tf.gather(val_index, number - 1)
         return example[image_key], tf.gather(mapping, label)
 
-    ds = ds.map(to_pair, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    ds = ds.map(no_autograph(to_pair), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     return Source(
         location=f"tfds:{name}",
         split=split,

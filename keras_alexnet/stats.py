@@ -41,6 +41,7 @@ import numpy as np
 import tensorflow as tf
 
 from keras_alexnet import data as data_lib, datasets, preprocessing as pre_lib, sources
+from keras_alexnet.images import no_autograph
 
 FORMAT_VERSION = 1
 
@@ -254,13 +255,13 @@ def compute_stats(
     subset = _subset(source, max_images, seed)
     load = data_lib.square_loader(subset, resize_size)
     ds = subset.dataset.map(
-        lambda x, _: load(x),
+        no_autograph(lambda x, _: load(x)),
         num_parallel_calls=tf.data.AUTOTUNE,
         deterministic=False,  # sums do not depend on the order
     )
     if subset.element != "square":  # a prepared shard's errors are damage, not a bad photo
         ds = ds.ignore_errors(log_warning=True)
-    ds = ds.batch(batch_size).map(_batch_sums)
+    ds = ds.batch(batch_size).map(no_autograph(_batch_sums))
     ds = ds.prefetch(tf.data.AUTOTUNE)
 
     image_sum = np.zeros((resize_size, resize_size, 3), np.float64)

@@ -13,7 +13,8 @@ seconds. Rows:
   tests' size: start-up dominates it): as shipped (``python train.py``, which freezes);
   ``main()`` called by another program (paused, not frozen); and with the collector
   left alone (``gc.disable`` made a no-op before the package's import: the code before
-  `keras_alexnet.startup`).
+  `keras_alexnet.startup`); and as shipped but with AutoGraph converting the input
+  pipeline's functions (`keras_alexnet.images.no_autograph` made the identity).
 
 Needs TensorFlow. Usage: ``python bench/bench_startup.py [--repeats 3]``. Writes
 bench/results/startup.json and prints a table.
@@ -46,7 +47,14 @@ ROWS = {
     "tiny train.py run (as shipped: paused, frozen)": [str(REPO / "train.py")],
     "  train.py's main() called by a program (paused)": ["-c", CALLED],
     "  collector left alone (before keras_alexnet.startup)": ["-c", "import gc; gc.disable = lambda: None; " + CALLED],
+    "  AutoGraph on the pipeline's functions (before images.no_autograph)": [
+        "-c", "import keras_alexnet.images as i, sys; assert 'keras_alexnet.data' not in sys.modules; "
+              "i.no_autograph = lambda fn: fn; " + CALLED.replace("main(sys.argv[1:])", "main(sys.argv[1:], own_process=True)")],
 }
+
+
+# The rows that are a tiny train.py run (the others only import).
+TRAINING_ROWS = [name for name in ROWS if "train.py" in name or "left alone" in name or "AutoGraph" in name]
 
 
 def children_cpu():
@@ -79,7 +87,7 @@ def main():
                                       size=64)
         for repeat in range(args.repeats):
             for i, (name, argv) in enumerate(ROWS.items()):
-                if "train.py" in name or "collector left alone" in name:
+                if name in TRAINING_ROWS:
                     argv = [*argv, "--data-dir", str(data), "--output-dir", f"{tmp}/run{repeat}_{i}", *TINY]
                 cpu, wall = measure(argv, env)
                 runs[name].append({"cpu_s": cpu, "wall_s": wall})
@@ -88,10 +96,10 @@ def main():
     rows = [{"name": name, "runs": r, "cpu_s": statistics.median(x["cpu_s"] for x in r),
              "wall_s": statistics.median(x["wall_s"] for x in r)} for name, r in runs.items()]
     Path(args.out).write_text(json.dumps({"machine": info, "repeats": args.repeats, "rows": rows}, indent=1) + "\n")
-    print(f"\n{'':57s} CPU s   wall s   (medians of {args.repeats}; {info['cpu_model']}, "
+    print(f"\n{'':70s} CPU s   wall s   (medians of {args.repeats}; {info['cpu_model']}, "
           f"{info['cores']} cores, bf16: {info['bf16_hardware']})")
     for row in rows:
-        print(f"{row['name']:57s} {row['cpu_s']:5.2f}   {row['wall_s']:5.2f}")
+        print(f"{row['name']:70s} {row['cpu_s']:5.2f}   {row['wall_s']:5.2f}")
     print(f"wrote {args.out}")
 
 

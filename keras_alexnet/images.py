@@ -28,8 +28,8 @@ def no_autograph(fn):
 
     The package's pipeline functions are TensorFlow ops (`tf.cond`, no Python branch on a
     tensor), so AutoGraph, which ``map`` runs on a function and everything it calls at
-    each trace, rewrites their source for nothing: 0.9 s of the 3.7 s of CPU that a tiny
-    ``train.py`` run spends after its imports (measured, 2 cores). A Python branch on a
+    each trace, rewrites their source for nothing: 0.9 s of CPU of a tiny ``train.py`` run
+    (6.2 s against 5.3 s, ``python bench/bench_startup.py``, 2 cores). A Python branch on a
     tensor fails loudly at trace time instead of being converted."""
     return tf.autograph.experimental.do_not_convert(fn)
 

@@ -2,7 +2,7 @@
 
 from keras_alexnet import console as _console, startup as _startup
 
-# TensorFlow's and Keras' imports create about a million objects that are never garbage:
+# TensorFlow's and Keras' imports create some 750,000 objects that are never garbage:
 # the collector is paused while they are made (keras_alexnet/startup.py).
 with _startup.collector_paused():
     # Every entry point (train.py, evaluate.py, `python -m keras_alexnet.X`, the notebooks)

@@ -1,6 +1,6 @@
 """What a command's start costs: the garbage collector and TensorFlow's import.
 
-Importing TensorFlow and Keras creates about a million Python objects (modules, functions,
+Importing TensorFlow and Keras creates about 750,000 Python objects (modules, functions,
 op wrappers) that live as long as the process and are never garbage. CPython's collector
 still walks them: its full passes during the import, and again at interpreter exit.
 ``python bench/bench_startup.py`` (2 cores, AVX512_BF16, TensorFlow 2.21), CPU seconds of a

@@ -77,7 +77,7 @@ def main():
     args = parser.parse_args()
 
     sys.path.insert(0, str(REPO))
-    from keras_alexnet import synthetic  # NumPy and Pillow only
+    from keras_alexnet import synthetic  # imports TensorFlow here; only the child processes are measured
 
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=str(REPO))
     info = _common.machine("tensorflow", "keras", "numpy")

@@ -10,13 +10,15 @@ most of it: 7.3 with the collector left alone, 5.3 as shipped.
 
 - `collector_paused`: the package's ``__init__`` imports TensorFlow and Keras with the
   collector paused. It restores the caller's setting, so a program that imports the
-  package sees no change.
+  package sees no change. Alone it saves little in a whole run (the collector's later
+  passes still walk those objects); with the freeze below it is the ~2 s.
 - `own_process`: a command that owns its process (``train.py``, ``evaluate.py``,
   ``python -m keras_alexnet.X``) freezes what exists after its imports. Frozen objects are
   skipped by every later collection, the one at exit included. A library must not do this
-  in a caller's process (a notebook, a test): an object alive then that later became
-  garbage only through a reference cycle would never be freed, so the commands call it
-  from their ``__main__`` path only.
+  in a caller's process (a notebook, a program that calls ``main()``): an object alive
+  then that later became garbage only through a reference cycle would never be freed, so
+  the commands call it from their ``__main__`` path only. (The test runner, which owns its
+  processes, opts in after collection: tests/conftest.py.)
 """
 
 import contextlib

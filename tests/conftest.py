@@ -1,4 +1,5 @@
-"""Shared test fixtures: where the real photos are, and quiet TensorFlow logs."""
+"""Shared test fixtures: where the real photos are, quiet TensorFlow logs, the order files
+start in, and the worker's imports frozen after collection (keras_alexnet/startup.py)."""
 
 import os
 from pathlib import Path

@@ -154,18 +154,20 @@ ON_CONVERTED = sorted(set(EXPECTED) - {"02_activations.ipynb"})
 
 
 @pytest.fixture(scope="module")
-def executed(tiny_run, converted_dir, tmp_path_factory):
+def executed(tiny_run, converted_dir, tmp_path_factory, request):
     """Every notebook on the tiny run, the notebooks that take a converted model directory
-    on one, and 04 with no run at all (it trains the built-in default into a fresh cache,
-    where the synthetic dataset, drawn once per machine as train.py does, is linked in),
-    in one kernel: {(case, name): (executed notebook, its figures folder)}."""
+    on one, and, when `test_notebook_without_a_run_trains_the_default` is selected (it is
+    slow), 04 with no run at all: it trains the built-in default into a fresh cache, where
+    the synthetic dataset, drawn once per machine as train.py does, is linked in. All in one
+    kernel: {(case, name): (executed notebook, its figures folder)}, and the cache."""
     root = tmp_path_factory.mktemp("executed")
     cache = root / "cache"
-    cache.mkdir()
-    (cache / "synthetic").symlink_to(synthetic.default_dataset())
     cases = [("tiny_run", name, {notebook_utils.RUN_ENV: tiny_run}) for name in sorted(EXPECTED)]
     cases += [("converted", name, {notebook_utils.RUN_ENV: converted_dir}) for name in ON_CONVERTED]
-    cases += [("default", "04_training_curves.ipynb", {synthetic.CACHE_ENV: cache})]
+    if any(item.originalname == "test_notebook_without_a_run_trains_the_default" for item in request.session.items):
+        cache.mkdir()
+        (cache / "synthetic").symlink_to(synthetic.default_dataset())
+        cases += [("default", "04_training_curves.ipynb", {synthetic.CACHE_ENV: cache})]
     jobs, outs = [], []
     for case, name, variables in cases:
         outs.append(root / case / name.removesuffix(".ipynb"))
@@ -201,6 +203,7 @@ def test_notebook_runs_on_a_converted_model_directory(name, converted_dir, execu
     assert "mean: channel" in printed  # the model's own preprocessing, from its config.json
 
 
+@pytest.mark.slow
 def test_notebook_without_a_run_trains_the_default(executed):
     nb, out = executed["default", "04_training_curves.ipynb"]
     assert "training the built-in default" in stdout_of(nb)

@@ -81,6 +81,23 @@ def test_imports_point_down_the_layers():
             f"{module} is imported by the package but has no layer in LAYERS")
 
 
+def test_every_command_owns_its_process():
+    """Each command's ``__main__`` path freezes its imports (keras_alexnet/startup.py):
+    ``startup.own_process()`` there, or ``main(own_process=True)`` for the two scripts,
+    whose ``main`` imports the package later. ``main()`` called by a program freezes
+    nothing (tests/train_cli.py checks train.py's)."""
+    commands = [PACKAGE.parent / "train.py", PACKAGE.parent / "evaluate.py", *sorted(PACKAGE.glob("*.py"))]
+    found = 0
+    for path in commands:
+        for node in ast.parse(path.read_text()).body:
+            if isinstance(node, ast.If) and "__main__" in ast.unparse(node.test):
+                found += 1
+                block = ast.unparse(node)
+                assert "startup.own_process()" in block or "main(own_process=True)" in block, (
+                    f"{path.name}: its __main__ block does not call startup.own_process()")
+    assert found >= 9  # train.py, evaluate.py and the package's seven command modules
+
+
 def test_imagenet_names_and_the_run_files_have_one_home():
     """The wnid pattern, synset words and run file names are spelled in one module each."""
     for path in PACKAGE.glob("*.py"):
